@@ -1,0 +1,54 @@
+"""Small shared helpers: one-line input errors with exit status 2, atomic file writes, the CLI parser."""
+import argparse
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+
+
+class InputError(Exception):
+    """Bad input from the user (file, line, record or flag). Reported as one line, exit status 2."""
+
+
+def fail(message):
+    """Print `error: message` on stderr and exit with status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message):
+        fail(f"{self.prog}: {message}")
+
+
+def run_cli(main):
+    """Run `main()`; turn an InputError into a one-line error and exit status 2."""
+    try:
+        main()
+    except InputError as e:
+        fail(str(e))
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextmanager
+def atomic_open(path, mode="w", **kwargs):
+    """open() for writing that leaves either the old file or the complete new one, never a partial one."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
