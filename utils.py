@@ -52,3 +52,20 @@ def atomic_open(path, mode="w", **kwargs):
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
+
+
+def resolve_device(gpu):
+    """torch.device for a --gpu value: a CUDA index, a comma-separated list (the first is used here), or 'cpu'.
+    Falls back to the CPU with a notice when CUDA is absent."""
+    import torch
+    if gpu.strip().lower() == "cpu":
+        return torch.device("cpu")
+    indices = [x.strip() for x in gpu.split(",")]
+    if not all(x.isdigit() for x in indices):
+        fail(f"--gpu: expected a CUDA index, a list like 2,3, or cpu; got {gpu!r}")
+    if not torch.cuda.is_available():
+        print(f"note: --gpu {gpu} asked for CUDA, which is not available here: running on the CPU")
+        return torch.device("cpu")
+    if int(indices[0]) >= torch.cuda.device_count():
+        fail(f"--gpu: CUDA device {indices[0]} does not exist ({torch.cuda.device_count()} visible)")
+    return torch.device(f"cuda:{indices[0]}")

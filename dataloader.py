@@ -1,0 +1,203 @@
+"""Split files -> tensors on the device: training pairs, exact vectorised negative sampling per epoch, test candidates.
+
+Reads the NCF paper's format (NAME.train.rating, NAME.test.rating, NAME.test.negative, optional NAME.val.*,
+optional NAME.meta.json), including the paper's own ML-1M files unchanged.
+"""
+import json
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from utils import InputError
+
+PAIR = re.compile(r"\((\d+),(\d+)\)")
+
+
+@dataclass
+class Candidates:
+    """One evaluation set: row r scores items[r] for users[r]; column 0 is the held-out item."""
+    users: torch.Tensor  # [rows]
+    items: torch.Tensor  # [rows, 1 + negatives]
+
+
+@dataclass
+class Data:
+    name: str
+    num_users: int
+    num_items: int
+    train_users: torch.Tensor  # [pairs], sorted by user
+    train_items: torch.Tensor  # [pairs]
+    test: Candidates
+    val: Candidates | None
+    seen_indptr: torch.Tensor  # CSR by user of the items a user interacted with outside the test item
+    seen_items: torch.Tensor
+    forbidden: torch.Tensor  # sorted keys user * num_items + item that training negatives must avoid
+    meta: dict
+
+    @property
+    def device(self):
+        return self.train_users.device
+
+
+def first_bad_line(path, is_good):
+    """1-based number and text of the first line of `path` for which is_good(fields) is False."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not is_good(line.rstrip("\n").split("\t")):
+                return number, line.strip()
+    return None, None
+
+
+def is_int(text):
+    return text.strip().lstrip("-").isdigit()
+
+
+def read_ratings(path):
+    """(users, items) int64 arrays from a `user<TAB>item[<TAB>rating<TAB>timestamp]` file."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file (make the split with split.py)")
+    try:
+        frame = pd.read_csv(path, sep="\t", header=None, usecols=[0, 1], dtype=np.int64)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file")
+    except (ValueError, pd.errors.ParserError):
+        number, line = first_bad_line(path, lambda f: len(f) >= 2 and is_int(f[0]) and is_int(f[1]))
+        raise InputError(f"{path}: line {number}: expected user<TAB>item<TAB>rating<TAB>timestamp, got {line[:80]!r}")
+    users, items = frame[0].to_numpy(), frame[1].to_numpy()
+    if (users < 0).any() or (items < 0).any():
+        number, line = first_bad_line(path, lambda f: int(f[0]) >= 0 and int(f[1]) >= 0)
+        raise InputError(f"{path}: line {number}: negative id in {line[:80]!r}")
+    return users, items
+
+
+def read_negatives(path, users, items):
+    """[rows, negatives] int64 array from a `(user,item)<TAB>neg1<TAB>...` file whose pairs match (users, items)."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file (make the split with split.py)")
+
+    def is_good(fields):
+        return len(fields) == width and PAIR.fullmatch(fields[0]) and all(is_int(x) for x in fields[1:])
+
+    with open(path, encoding="utf-8", errors="replace") as f:
+        width = len(f.readline().rstrip("\n").split("\t"))
+    try:
+        frame = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False)
+        pairs = frame[0].str.extract(f"^{PAIR.pattern}$")
+        if width < 2 or frame.shape[1] != width or pairs.isna().any(axis=None):
+            raise ValueError
+        negatives = frame.iloc[:, 1:].astype(np.int64).to_numpy()
+        pair_users, pair_items = pairs[0].astype(np.int64).to_numpy(), pairs[1].astype(np.int64).to_numpy()
+    except (ValueError, pd.errors.ParserError):
+        number, line = first_bad_line(path, is_good)
+        raise InputError(f"{path}: line {number}: expected (user,item)<TAB>neg1<TAB>..., got {line[:80]!r}")
+    if len(pair_users) != len(users) or (pair_users != users).any() or (pair_items != items).any():
+        mismatch = np.flatnonzero((pair_users != users) | (pair_items != items))[0] if len(users) == len(pair_users) \
+            else min(len(users), len(pair_users))
+        raise InputError(f"{path}: line {mismatch + 1}: (user,item) pair does not match the .rating file's line")
+    return negatives
+
+
+def read_held_out(data_dir, name, part):
+    """(users, items [rows, 1 + negatives]) numpy arrays for `part` in ("test", "val")."""
+    users, items = read_ratings(os.path.join(data_dir, f"{name}.{part}.rating"))
+    negatives = read_negatives(os.path.join(data_dir, f"{name}.{part}.negative"), users, items)
+    return users, np.concatenate([items[:, None], negatives], axis=1)
+
+
+def csr_by_user(users, items, num_users):
+    """Items grouped by user, stably: (indptr [num_users + 1], items sorted by user)."""
+    order = np.argsort(users, kind="stable")
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
+    return indptr, items[order]
+
+
+def load(data_dir, name, device="cpu", exclude_test_negatives=True):
+    """Load a split onto `device`. Training negatives avoid every positive of the user (train, val and test
+    items) and, when `exclude_test_negatives` (the seed's behaviour), the user's evaluation negatives too."""
+    train_users, train_items = read_ratings(os.path.join(data_dir, f"{name}.train.rating"))
+    if len(train_users) == 0:
+        raise InputError(f"{os.path.join(data_dir, name)}.train.rating: no training pairs")
+    test_users, test_items = read_held_out(data_dir, name, "test")
+    has_val = os.path.exists(os.path.join(data_dir, f"{name}.val.rating"))
+    val_users, val_items = read_held_out(data_dir, name, "val") if has_val else (test_users[:0], test_items[:0])
+
+    meta_path = os.path.join(data_dir, f"{name}.meta.json")
+    meta = {}
+    if os.path.exists(meta_path):
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{meta_path}: malformed JSON ({e})")
+    all_users = np.concatenate([train_users, test_users, val_users])
+    num_users = max(int(all_users.max()) + 1, meta.get("num_users", 0))
+    num_items = max(int(max(train_items.max(), test_items.max(), val_items.max(initial=0))) + 1,
+                    meta.get("num_items", 0))
+
+    order = np.argsort(train_users, kind="stable")
+    train_users, train_items = train_users[order], train_items[order]
+    seen_indptr, seen_items = csr_by_user(np.concatenate([train_users, val_users]),
+                                          np.concatenate([train_items, val_items[:, 0]]), num_users)
+    avoid_users = [train_users, test_users, val_users]
+    avoid_items = [train_items, test_items[:, 0], val_items[:, 0]]
+    if exclude_test_negatives:
+        avoid_users += [np.repeat(test_users, test_items.shape[1] - 1), np.repeat(val_users, val_items.shape[1] - 1)]
+        avoid_items += [test_items[:, 1:].ravel(), val_items[:, 1:].ravel()]
+    forbidden = np.unique(np.concatenate(avoid_users) * num_items + np.concatenate(avoid_items))
+    per_user = np.bincount(forbidden // num_items, minlength=num_users)
+    if (per_user[np.unique(train_users)] >= num_items).any():
+        user = int(np.flatnonzero(per_user >= num_items)[0])
+        raise InputError(f"{os.path.join(data_dir, name)}: user {user} has no item left to sample as a negative")
+
+    def tensor(array):
+        return torch.from_numpy(np.array(array, dtype=np.int64)).to(device)
+
+    return Data(
+        name=name, num_users=num_users, num_items=num_items,
+        train_users=tensor(train_users), train_items=tensor(train_items),
+        test=Candidates(tensor(test_users), tensor(test_items)),
+        val=Candidates(tensor(val_users), tensor(val_items)) if has_val else None,
+        seen_indptr=tensor(seen_indptr), seen_items=tensor(seen_items),
+        forbidden=tensor(forbidden), meta=meta)
+
+
+def epoch_generator(data, seed, epoch):
+    """The generator for one epoch's negatives and shuffle: a function of (seed, epoch) only, so resuming works."""
+    return torch.Generator(device=data.device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def sample_negatives(data, users, generator):
+    """One uniformly random item per entry of `users`, never in data.forbidden for that user (exact rejection)."""
+    items = torch.randint(data.num_items, users.shape, generator=generator, device=data.device)
+    redraw = torch.arange(len(users), device=data.device)
+    last = len(data.forbidden) - 1
+    while len(redraw):
+        keys = users[redraw] * data.num_items + items[redraw]
+        found = data.forbidden[torch.searchsorted(data.forbidden, keys).clamp_(max=last)] == keys
+        redraw = redraw[found]
+        items[redraw] = torch.randint(data.num_items, redraw.shape, generator=generator, device=data.device)
+    return items
+
+
+def epoch_samples(data, num_neg, seed, epoch):
+    """Shuffled (users, items, labels) for one epoch: every training pair plus `num_neg` fresh negatives each."""
+    generator = epoch_generator(data, seed, epoch)
+    neg_users = data.train_users.repeat(num_neg)
+    neg_items = sample_negatives(data, neg_users, generator)
+    users = torch.cat([data.train_users, neg_users])
+    items = torch.cat([data.train_items, neg_items])
+    labels = torch.zeros(len(users), device=data.device)
+    labels[:len(data.train_users)] = 1.0
+    order = torch.randperm(len(users), generator=generator, device=data.device)
+    return users[order], items[order], labels[order]
+
+
+def batches(tensors, batch_size):
+    """Consecutive slices of `batch_size` rows of each tensor (views, no copies)."""
+    for start in range(0, len(tensors[0]), batch_size):
+        yield [t[start:start + batch_size] for t in tensors]

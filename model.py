@@ -1,0 +1,62 @@
+"""GMF, MLP and NeuMF (He et al., Neural Collaborative Filtering, WWW 2017), and loading pretrained GMF/MLP into NeuMF."""
+import torch
+from torch import nn
+
+MODELS = ("gmf", "mlp", "neumf")
+
+
+class NCF(nn.Module):
+    """One of the three NCF models, chosen by `model`; forward returns logits.
+
+    GMF: user and item embeddings of size `factor`, element-wise product.
+    MLP: embeddings of size factor * 2**(num_layers - 1) per side, concatenated, then `num_layers`
+    Linear+ReLU layers each halving the width down to `factor` (factor 8, 3 layers: 64 -> 32 -> 16 -> 8).
+    NeuMF: both, the output layer reading [GMF product, MLP output].
+    """
+
+    def __init__(self, num_users, num_items, factor=8, num_layers=3, model="neumf"):
+        super().__init__()
+        self.model = model
+        self.use_gmf = model in ("gmf", "neumf")
+        self.use_mlp = model in ("mlp", "neumf")
+        if self.use_gmf:
+            self.user_gmf = nn.Embedding(num_users, factor)
+            self.item_gmf = nn.Embedding(num_items, factor)
+        if self.use_mlp:
+            mlp_dim = factor * 2 ** (num_layers - 1)
+            self.user_mlp = nn.Embedding(num_users, mlp_dim)
+            self.item_mlp = nn.Embedding(num_items, mlp_dim)
+            widths = [factor * 2 ** (num_layers - i) for i in range(num_layers + 1)]
+            layers = []
+            for width_in, width_out in zip(widths[:-1], widths[1:]):
+                layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+            self.mlp = nn.Sequential(*layers)
+        self.predict = nn.Linear(factor * (self.use_gmf + self.use_mlp), 1)
+        for embedding in self.embeddings():
+            nn.init.normal_(embedding.weight, std=0.01)
+
+    def embeddings(self):
+        return [m for m in self.modules() if isinstance(m, nn.Embedding)]
+
+    def forward(self, users, items):
+        parts = []
+        if self.use_gmf:
+            parts.append(self.user_gmf(users) * self.item_gmf(items))
+        if self.use_mlp:
+            parts.append(self.mlp(torch.cat([self.user_mlp(users), self.item_mlp(items)], dim=-1)))
+        return self.predict(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]).squeeze(-1)
+
+
+def load_pretrained(neumf, gmf_state, mlp_state, alpha=0.5):
+    """Copy pretrained GMF and MLP weights into a NeuMF; its output layer is [alpha * GMF's, (1 - alpha) * MLP's]."""
+    state = neumf.state_dict()
+    for key in ("user_gmf.weight", "item_gmf.weight"):
+        state[key] = gmf_state[key]
+    for key in mlp_state:
+        if key.startswith(("user_mlp.", "item_mlp.", "mlp.")):
+            state[key] = mlp_state[key]
+    state["predict.weight"] = torch.cat(
+        [alpha * gmf_state["predict.weight"], (1 - alpha) * mlp_state["predict.weight"]], dim=1)
+    state["predict.bias"] = alpha * gmf_state["predict.bias"] + (1 - alpha) * mlp_state["predict.bias"]
+    neumf.load_state_dict(state)
+    return neumf

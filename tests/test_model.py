@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from model import NCF, load_pretrained
+
+
+def expected_parameters(users, items, factor, layers, model):
+    gmf = (users + items) * factor
+    mlp = (users + items) * factor * 2 ** (layers - 1)
+    widths = [factor * 2 ** (layers - i) for i in range(layers + 1)]
+    mlp += sum(w_in * w_out + w_out for w_in, w_out in zip(widths[:-1], widths[1:]))
+    return {"gmf": gmf + factor + 1, "mlp": mlp + factor + 1, "neumf": gmf + mlp + 2 * factor + 1}[model]
+
+
+@pytest.mark.parametrize("factor,layers", [(8, 3), (4, 1), (16, 2), (8, 4)])
+@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
+def test_shapes_and_parameter_counts(factor, layers, kind):
+    model = NCF(50, 70, factor, layers, kind)
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(50, 70, factor, layers, kind)
+    logits = model(torch.tensor([0, 49, 3]), torch.tensor([69, 0, 5]))
+    assert logits.shape == (3,)
+
+
+def test_seed_tower_for_factor_8_and_3_layers():
+    model = NCF(10, 10, 8, 3, "neumf")
+    assert model.user_mlp.weight.shape == (10, 32)
+    linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, 32), (32, 16), (16, 8)]
+    assert (model.predict.in_features, model.predict.out_features) == (16, 1)
+    assert 0.005 < model.user_gmf.weight.std().item() < 0.015  # N(0, 0.01)
+
+
+def test_pretrained_neumf_reproduces_gmf_and_mlp():
+    torch.manual_seed(0)
+    gmf, mlp = NCF(30, 40, 8, 3, "gmf"), NCF(30, 40, 8, 3, "mlp")
+    for model in (gmf, mlp):
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+    neumf = load_pretrained(NCF(30, 40, 8, 3, "neumf"), gmf.state_dict(), mlp.state_dict())
+    users, items = torch.arange(30), torch.arange(30) + 5
+    with torch.no_grad():
+        assert torch.allclose(neumf.user_gmf(users) * neumf.item_gmf(items), gmf.user_gmf(users) * gmf.item_gmf(items))
+        mlp_input = torch.cat([neumf.user_mlp(users), neumf.item_mlp(items)], -1)
+        assert torch.allclose(neumf.mlp(mlp_input), mlp.mlp(torch.cat([mlp.user_mlp(users), mlp.item_mlp(items)], -1)))
+        assert torch.allclose(neumf(users, items), 0.5 * gmf(users, items) + 0.5 * mlp(users, items), atol=1e-5)
