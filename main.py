@@ -88,12 +88,18 @@ def default_dataset(data_dir):
 
 
 def wandb_credentials_present():
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
+    """Whether wandb can log in without prompting (API key in the environment, netrc or wandb's settings),
+    by wandb's own lookup; reads files only, no network. A malformed key counts as present, so an online
+    run fails loudly instead of silently going offline."""
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
+        return wbauth.authenticate_session(host=wandb_setup.singleton().settings.base_url, source="--wandb auto",
+                                           prompt=False, verify=False, update_session=False) is not None
+    except AuthenticationError:
+        return True
+    except ValueError:
         return False
 
 

@@ -42,7 +42,9 @@ def tiny_split(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def no_wandb_network(monkeypatch):
+def no_wandb_network(monkeypatch, tmp_path):
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb-home"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -1,0 +1,130 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main
+from conftest import REPO
+from utils import run_cli
+from wandb_records import read_run
+
+TINY = ["--dataset", "tiny", "--batch_size", "256", "--lr", "0.01", "--gpu", "cpu", "--wandb", "disabled"]
+
+
+def run_main(*args, check=True):
+    result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, WANDB_MODE="offline"))
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def results(save_dir):
+    with open(os.path.join(save_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def test_tiny_run_learns_and_writes_outputs(tiny_split, tmp_path):
+    data_dir, _ = tiny_split
+    save_dir = str(tmp_path / "run")
+    out = run_main("--data_dir", data_dir, *TINY, "--epochs", "8", "--save_dir", save_dir).stdout
+    summary = results(save_dir)
+    assert summary["hr"] > 0.6  # random scoring of 1 held-out item among 50 candidates gives HR@10 = 0.2
+    assert [r["epoch"] for r in summary["history"]] == list(range(1, 9))
+    assert set(summary["history"][0]) == {"epoch", "loss", "hr", "ndcg", "train_seconds", "eval_seconds",
+                                          "samples_per_second"}
+    best = max(summary["history"], key=lambda r: r["ndcg"])
+    assert (summary["best_epoch"], summary["hr"], summary["ndcg"]) == (best["epoch"], best["hr"], best["ndcg"])
+    assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
+    assert out.strip().splitlines()[-1] == f"best epoch {best['epoch']}: HR@10 {best['hr']:.4f} NDCG@10 {best['ndcg']:.4f}"
+    assert "epoch 1 loss" in out and "HR@10" in out
+    for name in ("best.pt", "last.pt"):
+        checkpoint = torch.load(os.path.join(save_dir, name), weights_only=True)
+        assert {"config", "model", "optimizer", "rng", "epoch"} <= checkpoint.keys()
+    assert torch.load(os.path.join(save_dir, "last.pt"), weights_only=True)["epoch"] == 8
+
+
+def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(tiny_split, tmp_path):
+    data_dir, _ = tiny_split
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    run_main("--data_dir", data_dir, *TINY, "--epochs", "4", "--save_dir", whole)
+    run_main("--data_dir", data_dir, *TINY, "--epochs", "2", "--save_dir", part)
+    out = run_main("--resume", os.path.join(part, "last.pt"), "--epochs", "4").stdout
+    assert "resuming" in out and "epoch 3 loss" in out and "epoch 1 loss" not in out
+
+    def metrics(history):
+        return [(r["epoch"], r["loss"], r["hr"], r["ndcg"]) for r in history]
+
+    assert metrics(results(part)["history"]) == metrics(results(whole)["history"])
+    assert results(part)["best_epoch"] == results(whole)["best_epoch"]
+
+
+def test_optimizers_and_models_run(tiny_split, tmp_path):
+    data_dir, _ = tiny_split
+    for extra in (["--optim", "sgd", "--lr", "0.1"], ["--optim", "adagrad"], ["--model", "gmf"],
+                  ["--model", "mlp", "--num_layers", "1"]):
+        save_dir = str(tmp_path / "_".join(extra))
+        run_main("--data_dir", data_dir, *TINY, "--epochs", "1", "--save_dir", save_dir, *extra)
+        assert results(save_dir)["config"][extra[0].lstrip("-")] == extra[1]
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch_size", "-1"), ("--lr", "0"),
+                                        ("--num_neg", "0"), ("--optim", "lbfgs"), ("--gpu", "x1"),
+                                        ("--latent_dim_mf", "abc"), ("--l2", "-0.1"), ("--pretrain_gmf", "a.pt")])
+def test_bad_flags_give_one_line_and_status_2(tiny_split, tmp_path, monkeypatch, capsys, flag, value):
+    data_dir, _ = tiny_split
+    monkeypatch.setattr(sys, "argv", ["main.py", "--data_dir", data_dir, *TINY, "--save_dir", str(tmp_path / "run"),
+                                      flag, value])
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main.main)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and flag in err
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_missing_split_and_corrupt_checkpoint(tiny_split, tmp_path):
+    data_dir, _ = tiny_split
+    result = run_main("--data_dir", data_dir, "--dataset", "nope", "--gpu", "cpu", "--wandb", "disabled", check=False)
+    assert result.returncode == 2 and "nope.train.rating" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    corrupt = tmp_path / "last.pt"
+    corrupt.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+    for command in (["main.py", "--resume", str(corrupt)], ["evaluate.py", "--checkpoint", str(corrupt)]):
+        result = subprocess.run([sys.executable, *command, "--gpu", "cpu"], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and str(corrupt) in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_evaluate_cli_scores_the_best_checkpoint(tiny_split, tmp_path):
+    data_dir, _ = tiny_split
+    save_dir = str(tmp_path / "run")
+    run_main("--data_dir", data_dir, *TINY, "--epochs", "3", "--save_dir", save_dir)
+    out = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"),
+                          "--gpu", "cpu"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    summary = results(save_dir)
+    assert f"HR@10 {summary['hr']:.4f} NDCG@10 {summary['ndcg']:.4f}" in out
+
+
+def test_wandb_auto_without_credentials_logs_offline(tiny_split, tmp_path):
+    data_dir, _ = tiny_split
+    save_dir = str(tmp_path / "run")
+    args = [arg if arg != "disabled" else "auto" for arg in TINY]
+    run_main("--data_dir", data_dir, *args, "--epochs", "3", "--log_every", "5", "--save_dir", save_dir)
+    logged = read_run(save_dir)
+    summary = results(save_dir)
+    assert logged["config"]["lr"] == 0.01 and logged["config"]["num_neg"] == 4
+    assert logged["config"]["num_users"] == 200 and logged["config"]["num_items"] == 300
+    steps = [row for row in logged["history"] if "train/loss" in row]
+    assert len(steps) == 3 * (math.ceil(2800 * 5 / 256) // 5)  # one loss point every 5 of the 55 steps an epoch
+    epochs = [row for row in logged["history"] if "test/hr@10" in row]
+    assert [row["epoch"] for row in epochs] == [1, 2, 3]
+    assert [row["test/ndcg@10"] for row in epochs] == [r["ndcg"] for r in summary["history"]]
+    assert {"epoch_loss", "train_seconds", "eval_seconds", "samples_per_second"} <= epochs[0].keys()
+    assert logged["summary"]["best/hr@10"] == summary["hr"]
+    assert logged["summary"]["best_epoch"] == summary["best_epoch"]
