@@ -24,7 +24,7 @@ from utils import Parser, atomic_open, atomic_path, resolve_device, run_cli
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
               "rmsprop": torch.optim.RMSprop}
-RESUMABLE_FLAGS = ("epochs", "gpu", "wandb", "patience", "resume")  # may differ from the checkpoint's on --resume
+RESUMABLE_FLAGS = ("epochs", "gpu", "threads", "wandb", "patience", "resume")  # may differ from the checkpoint's on --resume
 
 
 def parse_args(argv=None):
@@ -58,9 +58,11 @@ def parse_args(argv=None):
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
                    help="auto: online when wandb credentials exist, offline otherwise")
     p.add_argument("--wandb_project", default="recommendation")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (one is fastest for small batches, and robust on a busy machine)")
     p.add_argument("--log_every", type=int, default=10, help="log the training loss every this many steps")
     args = p.parse_args(argv)
-    for flag in ("epochs", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "topk", "log_every"):
+    for flag in ("epochs", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "topk", "threads", "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     for flag in ("patience", "l2"):
@@ -164,6 +166,7 @@ def main():
         args.__dict__.update(overrides)
         print(f"resuming {args.resume} after epoch {checkpoint['epoch']} with its configuration")
     device = resolve_device(args.gpu)
+    torch.set_num_threads(args.threads)
     if args.dataset is None:
         args.dataset = default_dataset(args.data_dir)
     args.save_dir = args.save_dir or os.path.join("runs", args.dataset)
