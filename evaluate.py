@@ -1,12 +1,22 @@
-"""Score a model on held-out items (sampled candidates or full ranking), in batches; CLI: score a saved checkpoint.
+"""Score a checkpoint on held-out items, recommend songs for a playlist, or list the songs nearest to a song.
 
     python3 evaluate.py --checkpoint runs/NAME/best.pt [--eval full] [--split val]
+    python3 evaluate.py --checkpoint runs/NAME/best.pt --recommend PLAYLIST_ID [--k 10]
+    python3 evaluate.py --checkpoint runs/NAME/best.pt --similar SONG_ID [--k 10]
+
+The functions take a model in memory: evaluate / evaluate_full (HR@K, NDCG@K in batches), recommend (the top-K
+items a user has no interaction with), similar_items (nearest items in the learned embeddings), item_names
+(original ids and names of items) and playlist_title.
 """
+import json
 import os
 import pickle
+import unicodedata
 import zipfile
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 
 import dataloader
 from metrics import full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
@@ -14,40 +24,50 @@ from model import NCF
 from utils import InputError, Parser, resolve_device, run_cli
 
 
+SONG_FIELDS = ("id", "song_name", "artist_name_basket", "song_gn_gnr_basket", "issue_date")
+
+
+@contextmanager
+def evaluating(model):
+    """The model in eval mode inside the block; its previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def sampled_ranks(model, candidates, batch_pairs=1 << 18):
     """0-based rank of each row's held-out item among its candidates, scored `batch_pairs` pairs at a time."""
-    was_training = model.training
-    model.eval()
     rows_per_batch = max(1, batch_pairs // candidates.items.shape[1])
     ranks = []
-    for users, items in dataloader.batches([candidates.users, candidates.items], rows_per_batch):
-        scores = model(users[:, None].expand_as(items).reshape(-1), items.reshape(-1)).view(items.shape).float()
-        # The NCF paper's ML-1M file lists some held-out items among their own negatives: not a negative.
-        scores[:, 1:].masked_fill_(items[:, 1:] == items[:, :1], float("-inf"))
-        ranks.append(held_out_rank(scores))
-    model.train(was_training)
+    with evaluating(model):
+        for users, items in dataloader.batches([candidates.users, candidates.items], rows_per_batch):
+            scores = model(users[:, None].expand_as(items).reshape(-1), items.reshape(-1)).view(items.shape).float()
+            # The NCF paper's ML-1M file lists some held-out items among their own negatives: not a negative.
+            scores[:, 1:].masked_fill_(items[:, 1:] == items[:, :1], float("-inf"))
+            ranks.append(held_out_rank(scores))
     return torch.cat(ranks)
 
 
 @torch.no_grad()
 def full_ranks(model, data, candidates, batch_pairs=1 << 22):
     """0-based rank of each row's held-out item among all items the user has not interacted with in training."""
-    was_training = model.training
-    model.eval()
     all_items = torch.arange(data.num_items, device=data.device)
     rows_per_batch = max(1, batch_pairs // data.num_items)
     ranks = []
-    for users, held_out in dataloader.batches([candidates.users, candidates.items[:, 0]], rows_per_batch):
-        scores = model(users.repeat_interleave(data.num_items), all_items.repeat(len(users)))
-        begin, end = data.seen_indptr[users], data.seen_indptr[users + 1]
-        lengths = end - begin
-        seen_rows = torch.arange(len(users), device=data.device).repeat_interleave(lengths)
-        starts = torch.cumsum(lengths, 0) - lengths
-        offsets = torch.arange(int(lengths.sum()), device=data.device) - starts.repeat_interleave(lengths)
-        seen_items = data.seen_items[begin.repeat_interleave(lengths) + offsets]
-        ranks.append(full_rank(scores.view(len(users), -1).float(), held_out, seen_rows, seen_items))
-    model.train(was_training)
+    with evaluating(model):
+        for users, held_out in dataloader.batches([candidates.users, candidates.items[:, 0]], rows_per_batch):
+            scores = model(users.repeat_interleave(data.num_items), all_items.repeat(len(users)))
+            begin, end = data.seen_indptr[users], data.seen_indptr[users + 1]
+            lengths = end - begin
+            seen_rows = torch.arange(len(users), device=data.device).repeat_interleave(lengths)
+            starts = torch.cumsum(lengths, 0) - lengths
+            offsets = torch.arange(int(lengths.sum()), device=data.device) - starts.repeat_interleave(lengths)
+            seen_items = data.seen_items[begin.repeat_interleave(lengths) + offsets]
+            ranks.append(full_rank(scores.view(len(users), -1).float(), held_out, seen_rows, seen_items))
     return torch.cat(ranks)
 
 
@@ -61,6 +81,158 @@ def evaluate_full(model, data, candidates, k=10):
     """(HR@k, NDCG@k) with the held-out item ranked among all items unseen in training."""
     ranks = full_ranks(model, data, candidates)
     return hit_ratio_from_ranks(ranks, k), ndcg_from_ranks(ranks, k)
+
+
+def user_items(data, user):
+    """Every item of user index `user`: its training items in file order, then its validation and test items."""
+    seen = data.seen_items[data.seen_indptr[user]:data.seen_indptr[user + 1]]
+    return torch.cat([seen, data.test.items[data.test.users == user, 0]])
+
+
+@torch.no_grad()
+def recommend(model, data, user, k=10):
+    """(items, scores): the k best-scored items for user index `user` among those it has no interaction with
+    (training, validation or test), best first; fewer when fewer are left. Scores are the model's logits."""
+    items = torch.arange(data.num_items, device=data.device)
+    with evaluating(model):
+        scores = model(torch.full_like(items, user), items).float()
+    own = torch.zeros(data.num_items, dtype=torch.bool, device=data.device)
+    own[user_items(data, user)] = True
+    top = scores.masked_fill(own, float("-inf")).topk(min(k, int((~own).sum())))
+    return top.indices, top.values
+
+
+@torch.no_grad()
+def similar_items(model, item, k=10):
+    """(items, similarities): the k items nearest to item index `item` by cosine similarity of the learned item
+    embeddings (GMF and MLP ones each L2-normalised, then concatenated), the item itself excluded."""
+    parts = [F.normalize(getattr(model, name).weight, dim=1)
+             for name in ("item_gmf", "item_mlp") if hasattr(model, name)]
+    vectors = F.normalize(torch.cat(parts, dim=1), dim=1)
+    similarity = vectors @ vectors[item]
+    similarity[item] = float("-inf")
+    top = similarity.topk(min(k, len(vectors) - 1))
+    return top.indices, top.values
+
+
+def read_records(path, ids, keys):
+    """{id: {key: value}} for the records of the JSON list `path` whose "id" is in `ids`, each with `keys` only;
+    the other records are dropped as they are parsed, so a large file costs little memory."""
+    def keep(record):
+        return {key: record.get(key) for key in keys} if record.get("id") in ids else None
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f, object_hook=keep)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read JSON: {e}") from None
+    return {r["id"]: r for r in records if isinstance(r, dict)} if isinstance(records, list) else {}
+
+
+def read_artists(path, ids):
+    """{id: name} from a Last.fm artists.dat (`id<TAB>name<TAB>url<TAB>pictureURL`, a header line) for string `ids`."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        next(f, None)
+        rows = (line.rstrip("\n").split("\t") for line in f)
+        return {row[0]: row[1] for row in rows if row[0] in ids and len(row) > 1}
+
+
+def joined(value):
+    """A JSON value as display text: list elements joined by commas."""
+    return ", ".join(map(str, value)) if isinstance(value, list) else "" if value is None else str(value)
+
+
+def item_names(meta, items):
+    """{item index: {"id": original id, then names}} for the item indices `items`. Names: "song", "artists", "genre"
+    and "released" from song_meta.json (Melon splits), or "artist" from artists.dat beside the source file (Last.fm);
+    none without such a file. Without meta.json (the NCF paper's files) the id is the index."""
+    ids = meta.get("item_ids")
+    catalog = {i: {"id": ids[i] if ids else i} for i in items}
+    wanted = {entry["id"] for entry in catalog.values()}
+    artists_path = os.path.join(os.path.dirname(meta.get("source", "")), "artists.dat")
+    if meta.get("song_meta") and os.path.exists(meta["song_meta"]):
+        songs = read_records(meta["song_meta"], wanted, SONG_FIELDS)
+        for entry in catalog.values():
+            song = songs.get(entry["id"], {})
+            date = joined(song.get("issue_date"))
+            entry.update(song=joined(song.get("song_name")), artists=joined(song.get("artist_name_basket")),
+                         genre=joined(song.get("song_gn_gnr_basket")),
+                         released=f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 and date.isdigit() else date)
+    elif meta.get("format") == "delimited" and os.path.exists(artists_path):
+        names = read_artists(artists_path, {str(x) for x in wanted})
+        for entry in catalog.values():
+            entry["artist"] = names.get(str(entry["id"]), "")
+    return catalog
+
+
+def playlist_title(meta, user):
+    """The title (`plylst_title` in the source train.json) of the Melon playlist with index `user`, or None."""
+    source = meta.get("source", "")
+    if meta.get("format") != "melon" or not os.path.exists(source):
+        return None
+    playlist_id = meta["user_ids"][user]
+    return read_records(source, {playlist_id}, ("id", "plylst_title")).get(playlist_id, {}).get("plylst_title")
+
+
+def index_of(original, ids, flag, what):
+    """Index of the original id `original` (command-line text) in `ids`; a one-line error naming it if absent."""
+    try:
+        return [str(x) for x in ids].index(original.strip())
+    except ValueError:
+        raise InputError(f"{flag} {original}: no {what} with this id in the data set") from None
+
+
+def width(text):
+    """Terminal columns `text` takes: East Asian wide characters (Hangul, CJK, most emoji) take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def table(header, rows, right=()):
+    """An aligned plain-text table; columns with their index in `right` are right-aligned."""
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(width(row[i]) for row in cells) for i in range(len(header))]
+
+    def pad(text, i):
+        gap = " " * (widths[i] - width(text))
+        return gap + text if i in right else text + gap
+
+    return "\n".join("  ".join(pad(c, i) for i, c in enumerate(row)).rstrip() for row in cells)
+
+
+def item_table(catalog, items, scores=None, score_name="score"):
+    """An aligned table of the `catalog` entries of `items`, numbered, with their scores when given."""
+    fields = [f for f in next(iter(catalog.values())) if f != "id"]
+    header = ["rank" if scores is not None else "#", "id"] + ([score_name] if scores is not None else []) + fields
+    rows = [[rank, catalog[i]["id"]] + ([f"{scores[rank - 1]:.3f}"] if scores is not None else [])
+            + [catalog[i][f] for f in fields] for rank, i in enumerate(items, 1)]
+    return table(header, rows, right=(0, 2) if scores is not None else (0,))
+
+
+def print_recommendations(model, data, playlist_id, k, shown=5):
+    """The playlist's title and first `shown` songs, then its top-k recommendations with names."""
+    users, items = ("playlist", "song") if data.meta.get("format") == "melon" else ("user", "item")
+    user = index_of(playlist_id, data.meta.get("user_ids", range(data.num_users)), "--recommend", users)
+    top, scores = recommend(model, data, user, k)
+    own = user_items(data, user).tolist()
+    catalog = item_names(data.meta, own[:shown] + top.tolist())
+    title = playlist_title(data.meta, user)
+    print(f"{users} {playlist_id}" + (f' "{title}"' if title else "")
+          + f": {len(own)} {items}s in the split; the first {min(shown, len(own))}:")
+    print(item_table(catalog, own[:shown]))
+    print(f"\ntop {len(top)} {items}s for {users} {playlist_id}, not already in it, by model score (logit):")
+    print(item_table(catalog, top.tolist(), scores.tolist()))
+
+
+def print_similar(model, data, song_id, k):
+    """The song, then the k songs nearest to it in the learned item embeddings, with names."""
+    items = "song" if data.meta.get("format") == "melon" else "item"
+    item = index_of(song_id, data.meta.get("item_ids", range(data.num_items)), "--similar", items)
+    top, similarity = similar_items(model, item, k)
+    catalog = item_names(data.meta, [item] + top.tolist())
+    print(f"{items} {song_id}:")
+    print(item_table(catalog, [item]))
+    print(f"\n{len(top)} {items}s nearest in the learned item embeddings (cosine) to {items} {song_id}:")
+    print(item_table(catalog, top.tolist(), similarity.tolist(), "cosine"))
 
 
 def load_checkpoint(path, device="cpu"):
@@ -92,20 +264,30 @@ def main():
     parser.add_argument("--eval", choices=["sampled", "full"], default="sampled",
                         help="sampled: held-out item among its 99 negatives; full: among all unseen items")
     parser.add_argument("--split", choices=["test", "val"], default="test", help="which held-out items to score")
-    parser.add_argument("--k", type=int, default=None, help="cut-off K (default: the run's --topk)")
+    parser.add_argument("--k", type=int, default=None,
+                        help="cut-off K, or songs to list (default: the run's --topk)")
     parser.add_argument("--gpu", default="0", help="CUDA index, or cpu")
+    task = parser.add_mutually_exclusive_group()
+    task.add_argument("--recommend", metavar="PLAYLIST_ID",
+                      help="list the K best songs not already in this playlist (its original id)")
+    task.add_argument("--similar", metavar="SONG_ID",
+                      help="list the K songs nearest to this song (its original id) in the learned item embeddings")
     args = parser.parse_args()
     device = resolve_device(args.gpu)
     checkpoint = load_checkpoint(args.checkpoint, device)
     config = checkpoint["config"]
-    k = args.k or config["topk"]
+    k = config["topk"] if args.k is None else args.k
     if k < 1:
         parser.error("--k must be at least 1")
     data = dataloader.load(config["data_dir"], config["dataset"], device)
+    model = model_from_checkpoint(checkpoint, data)
+    if args.recommend is not None:
+        return print_recommendations(model, data, args.recommend, k)
+    if args.similar is not None:
+        return print_similar(model, data, args.similar, k)
     candidates = data.test if args.split == "test" else data.val
     if candidates is None:
         raise InputError(f"--split val: data set {data.name!r} has no validation split (split.py --val)")
-    model = model_from_checkpoint(checkpoint, data)
     score = evaluate(model, candidates, k) if args.eval == "sampled" else evaluate_full(model, data, candidates, k)
     print(f"{args.checkpoint} (epoch {checkpoint['epoch']}, {args.eval} {args.split}): "
           f"HR@{k} {score[0]:.4f} NDCG@{k} {score[1]:.4f}")
