@@ -18,13 +18,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dataloader
-from evaluate import evaluate, evaluate_full, load_checkpoint
+from evaluate import evaluate, evaluate_full, item_names, load_checkpoint, recommend
 from model import MODELS, NCF, load_pretrained
+from optim import LazyAdam
 from utils import Parser, atomic_open, atomic_path, resolve_device, run_cli
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
               "rmsprop": torch.optim.RMSprop}
-RESUMABLE_FLAGS = ("epochs", "gpu", "threads", "wandb", "patience", "resume")  # may differ from the checkpoint's on --resume
+SPARSE_OPTIMIZERS = {"adam": LazyAdam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+SHOWN_PLAYLISTS = 3  # playlists whose top-K recommendations are logged at every evaluation
+RESUMABLE_FLAGS = ("epochs", "gpu", "threads", "wandb", "log_model", "patience", "resume")  # may differ from the checkpoint's on --resume
 
 
 def parse_args(argv=None):
@@ -41,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--l2", type=float, default=0.0, help="weight decay")
     p.add_argument("--optim", choices=OPTIMIZERS, default="adam")
+    p.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=True,
+                   help="update only the embedding rows in each batch (lazy Adam; with --l2 0 and adam, sgd or "
+                        "adagrad); --no-sparse: the seed's dense update of every row at every step")
     p.add_argument("--gpu", default="0", help="CUDA index (or list like 2,3; the first is used), or cpu")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--topk", type=int, default=10, help="K of HR@K and NDCG@K")
@@ -58,6 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
                    help="auto: online when wandb credentials exist, offline otherwise")
     p.add_argument("--wandb_project", default="recommendation")
+    p.add_argument("--log_model", action="store_true", help="upload best.pt to wandb as a model artifact")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (one is fastest for small batches, and robust on a busy machine)")
     p.add_argument("--log_every", type=int, default=10, help="log the training loss every this many steps")
@@ -121,6 +128,47 @@ def start_wandb(args, data, run_id):
     return run
 
 
+def uses_sparse_updates(args):
+    """Whether embedding gradients are sparse: asked for, and the optimizer and weight decay allow it."""
+    if args.sparse and (args.l2 > 0 or args.optim not in SPARSE_OPTIMIZERS):
+        print(f"note: dense embedding updates, as --optim {args.optim} with --l2 {args.l2} needs them")
+    return args.sparse and args.l2 == 0 and args.optim in SPARSE_OPTIMIZERS
+
+
+def make_optimizer(model, args, sparse):
+    if sparse:
+        return SPARSE_OPTIMIZERS[args.optim](model.parameters(), lr=args.lr)
+    return OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, weight_decay=args.l2)
+
+
+def recommendation_rows(model, data, catalog, k):
+    """[playlist id, rank, song id, score, names...] of the top-k songs for the first SHOWN_PLAYLISTS users."""
+    user_ids = data.meta.get("user_ids")
+    rows = []
+    for user in data.test.users[:SHOWN_PLAYLISTS].tolist():
+        items, scores = recommend(model, data, user, k)
+        for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist()), 1):
+            names = [value for key, value in catalog[item].items() if key != "id"]
+            rows.append([user_ids[user] if user_ids else user, rank, catalog[item]["id"], round(score, 4), *names])
+    return rows
+
+
+def write_results_md(path, args, history, best, columns, recommendations):
+    """A markdown report for people without wandb: the per-epoch table and the best epoch's recommendations."""
+    k = args.topk
+    lines = [f"# {args.model} on {args.dataset}", "",
+             f"Best epoch {best['epoch']}: HR@{k} {best['hr']:.4f}, NDCG@{k} {best['ndcg']:.4f} "
+             f"({args.eval} evaluation, epoch chosen on {'validation' if 'val_ndcg' in history[0] else 'test'} NDCG).",
+             "", f"| epoch | loss | HR@{k} | NDCG@{k} | train s | eval s | samples/s |", "|---" * 7 + "|"]
+    lines += [f"| {r['epoch']} | {r['loss']:.4f} | {r['hr']:.4f} | {r['ndcg']:.4f} | {r['train_seconds']:.1f} "
+              f"| {r['eval_seconds']:.1f} | {r['samples_per_second']:,.0f} |" for r in history]
+    lines += ["", f"## Top {k} recommendations at epoch {best['epoch']}", "",
+              "| " + " | ".join(columns[1:]) + " |", "|---" * (len(columns) - 1) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in recommendations]
+    with atomic_open(path) as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def save_checkpoint(path, **state):
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -176,11 +224,12 @@ def main():
           f"pairs, {len(data.test.users):,} test users, {data.test.items.shape[1] - 1} negatives each"
           + (", with validation" if data.val is not None else "") + f"; device {device}")
 
-    model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model).to(device)
+    sparse = uses_sparse_updates(args)
+    model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
     if args.pretrain_gmf:
         gmf, mlp = load_checkpoint(args.pretrain_gmf, device), load_checkpoint(args.pretrain_mlp, device)
         load_pretrained(model, gmf["model"], mlp["model"])
-    optimizer = OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, weight_decay=args.l2)
+    optimizer = make_optimizer(model, args, sparse)
     history, best, start_epoch, global_step, run_id = [], None, 1, 0, None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -195,6 +244,9 @@ def main():
     score = (lambda candidates: evaluate(model, candidates, args.topk)) if args.eval == "sampled" else \
         (lambda candidates: evaluate_full(model, data, candidates, args.topk))
     k = args.topk
+    catalog = item_names(data.meta, range(data.num_items))
+    columns = ["epoch", "playlist", "rank", "song_id", "score"] + [f for f in catalog[0] if f != "id"]
+    best_recommendations = checkpoint.get("recommendations", []) if checkpoint else []
 
     for epoch in range(start_epoch, args.epochs + 1):
         started = time.perf_counter()
@@ -220,20 +272,24 @@ def main():
               + f" train {train_seconds:.1f}s eval {eval_seconds:.1f}s")
         selected = val_ndcg if data.val is not None else ndcg
         improved = best is None or selected > best["selected"]
+        recommendations = recommendation_rows(model, data, catalog, k)
         if improved:
             best = {"epoch": epoch, "hr": hr, "ndcg": ndcg, "selected": selected}
+            best_recommendations = recommendations
         if run is not None:
             logged = {"epoch": epoch, "epoch_loss": loss, f"test/hr@{k}": hr, f"test/ndcg@{k}": ndcg,
                       "train_seconds": train_seconds, "eval_seconds": eval_seconds,
                       "samples_per_second": record["samples_per_second"]}
             if data.val is not None:
                 logged.update({f"val/hr@{k}": val_hr, f"val/ndcg@{k}": val_ndcg})
+            import wandb
+            logged["recommendations"] = wandb.Table(columns=columns, data=[[epoch, *r] for r in recommendations])
             run.log(logged, step=global_step)
             run.summary.update({"best_epoch": best["epoch"], f"best/hr@{k}": best["hr"],
                                 f"best/ndcg@{k}": best["ndcg"]})
         state = dict(config=vars(args), model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                      rng=torch.get_rng_state(), history=history, best=best, global_step=global_step,
-                     wandb_id=run.id if run is not None else None)
+                     recommendations=best_recommendations, wandb_id=run.id if run is not None else None)
         if improved:
             save_checkpoint(os.path.join(args.save_dir, "best.pt"), **state)
         save_checkpoint(os.path.join(args.save_dir, "last.pt"), **state)
@@ -245,7 +301,13 @@ def main():
                "protocol": args.eval, "history": history, "config": vars(args)}
     with atomic_open(os.path.join(args.save_dir, "results.json")) as f:
         json.dump(results, f, indent=1)
+    write_results_md(os.path.join(args.save_dir, "results.md"), args, history, best, columns, best_recommendations)
     if run is not None:
+        if args.log_model:
+            import wandb
+            artifact = wandb.Artifact(f"{args.model}-{args.dataset}", type="model", metadata=results["config"])
+            artifact.add_file(os.path.join(args.save_dir, "best.pt"))
+            run.log_artifact(artifact)
         run.finish()
     print(f"best epoch {best['epoch']}: HR@{k} {best['hr']:.4f} NDCG@{k} {best['ndcg']:.4f}")
 

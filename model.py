@@ -12,20 +12,21 @@ class NCF(nn.Module):
     MLP: embeddings of size factor * 2**(num_layers - 1) per side, concatenated, then `num_layers`
     Linear+ReLU layers each halving the width down to `factor` (factor 8, 3 layers: 64 -> 32 -> 16 -> 8).
     NeuMF: both, the output layer reading [GMF product, MLP output].
+    sparse: embedding gradients hold only the batch's rows (for optimizers that update only those rows).
     """
 
-    def __init__(self, num_users, num_items, factor=8, num_layers=3, model="neumf"):
+    def __init__(self, num_users, num_items, factor=8, num_layers=3, model="neumf", sparse=False):
         super().__init__()
         self.model = model
         self.use_gmf = model in ("gmf", "neumf")
         self.use_mlp = model in ("mlp", "neumf")
         if self.use_gmf:
-            self.user_gmf = nn.Embedding(num_users, factor)
-            self.item_gmf = nn.Embedding(num_items, factor)
+            self.user_gmf = nn.Embedding(num_users, factor, sparse=sparse)
+            self.item_gmf = nn.Embedding(num_items, factor, sparse=sparse)
         if self.use_mlp:
             mlp_dim = factor * 2 ** (num_layers - 1)
-            self.user_mlp = nn.Embedding(num_users, mlp_dim)
-            self.item_mlp = nn.Embedding(num_items, mlp_dim)
+            self.user_mlp = nn.Embedding(num_users, mlp_dim, sparse=sparse)
+            self.item_mlp = nn.Embedding(num_items, mlp_dim, sparse=sparse)
             widths = [factor * 2 ** (num_layers - i) for i in range(num_layers + 1)]
             layers = []
             for width_in, width_out in zip(widths[:-1], widths[1:]):

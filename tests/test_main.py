@@ -115,7 +115,7 @@ def test_wandb_auto_without_credentials_logs_offline(tiny_split, tmp_path):
     data_dir, _ = tiny_split
     save_dir = str(tmp_path / "run")
     args = [arg if arg != "disabled" else "auto" for arg in TINY]
-    run_main("--data_dir", data_dir, *args, "--epochs", "3", "--log_every", "5", "--save_dir", save_dir)
+    run_main("--data_dir", data_dir, *args, "--epochs", "3", "--log_every", "5", "--log_model", "--save_dir", save_dir)
     logged = read_run(save_dir)
     summary = results(save_dir)
     assert logged["config"]["lr"] == 0.01 and logged["config"]["num_neg"] == 4
@@ -128,3 +128,25 @@ def test_wandb_auto_without_credentials_logs_offline(tiny_split, tmp_path):
     assert {"epoch_loss", "train_seconds", "eval_seconds", "samples_per_second"} <= epochs[0].keys()
     assert logged["summary"]["best/hr@10"] == summary["hr"]
     assert logged["summary"]["best_epoch"] == summary["best_epoch"]
+    assert all("recommendations" in row for row in epochs)  # a table of recommendations at every evaluation
+    table = logged["tables"]["recommendations"]
+    assert table["columns"] == ["epoch", "playlist", "rank", "song_id", "score"]
+    assert len(table["data"]) == 3 * 10 and {row[0] for row in table["data"]} == {3}
+    assert [row[2] for row in table["data"][:10]] == list(range(1, 11))
+    assert {"type": "model", "name": "neumf-tiny", "aliases": ["latest"]} in logged["artifacts"]
+
+
+def test_results_md_has_the_epochs_and_recommendations(tiny_split, tmp_path):
+    data_dir, _ = tiny_split
+    save_dir = str(tmp_path / "run")
+    run_main("--data_dir", data_dir, *TINY, "--epochs", "2", "--save_dir", save_dir)
+    summary = results(save_dir)
+    with open(os.path.join(save_dir, "results.md")) as f:
+        report = f.read()
+    for record in summary["history"]:
+        assert f"| {record['epoch']} | {record['loss']:.4f} | {record['hr']:.4f} | {record['ndcg']:.4f} |" in report
+    recommended = [line.split(" | ") for line in report.splitlines() if line.startswith("| 0 | ")]
+    assert [int(row[1]) for row in recommended] == list(range(1, 11))  # playlist 0, ranks 1..10
+    train_items = {int(line.split()[1]) for line in open(os.path.join(data_dir, "tiny.train.rating"))
+                   if line.split()[0] == "0"}
+    assert not {int(row[2]) for row in recommended} & train_items
