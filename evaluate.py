@@ -39,13 +39,14 @@ def evaluating(model):
 
 
 @torch.no_grad()
-def sampled_ranks(model, candidates, batch_pairs=1 << 18):
+def sampled_ranks(model, candidates, batch_pairs=1 << 15):
     """0-based rank of each row's held-out item among its candidates, scored `batch_pairs` pairs at a time."""
     rows_per_batch = max(1, batch_pairs // candidates.items.shape[1])
     ranks = []
     with evaluating(model):
+        score = model.candidate_scorer()
         for users, items in dataloader.batches([candidates.users, candidates.items], rows_per_batch):
-            scores = model(users[:, None].expand_as(items).reshape(-1), items.reshape(-1)).view(items.shape).float()
+            scores = score(users, items).float()
             # The NCF paper's ML-1M file lists some held-out items among their own negatives: not a negative.
             scores[:, 1:].masked_fill_(items[:, 1:] == items[:, :1], float("-inf"))
             ranks.append(held_out_rank(scores))
@@ -53,21 +54,21 @@ def sampled_ranks(model, candidates, batch_pairs=1 << 18):
 
 
 @torch.no_grad()
-def full_ranks(model, data, candidates, batch_pairs=1 << 22):
+def full_ranks(model, data, candidates, batch_pairs=1 << 20):
     """0-based rank of each row's held-out item among all items the user has not interacted with in training."""
-    all_items = torch.arange(data.num_items, device=data.device)
     rows_per_batch = max(1, batch_pairs // data.num_items)
     ranks = []
     with evaluating(model):
+        score = model.candidate_scorer()
         for users, held_out in dataloader.batches([candidates.users, candidates.items[:, 0]], rows_per_batch):
-            scores = model(users.repeat_interleave(data.num_items), all_items.repeat(len(users)))
+            scores = score(users).float()
             begin, end = data.seen_indptr[users], data.seen_indptr[users + 1]
             lengths = end - begin
             seen_rows = torch.arange(len(users), device=data.device).repeat_interleave(lengths)
             starts = torch.cumsum(lengths, 0) - lengths
             offsets = torch.arange(int(lengths.sum()), device=data.device) - starts.repeat_interleave(lengths)
             seen_items = data.seen_items[begin.repeat_interleave(lengths) + offsets]
-            ranks.append(full_rank(scores.view(len(users), -1).float(), held_out, seen_rows, seen_items))
+            ranks.append(full_rank(scores, held_out, seen_rows, seen_items))
     return torch.cat(ranks)
 
 
@@ -93,9 +94,8 @@ def user_items(data, user):
 def recommend(model, data, user, k=10):
     """(items, scores): the k best-scored items for user index `user` among those it has no interaction with
     (training, validation or test), best first; fewer when fewer are left. Scores are the model's logits."""
-    items = torch.arange(data.num_items, device=data.device)
     with evaluating(model):
-        scores = model(torch.full_like(items, user), items).float()
+        scores = model.candidate_scorer()(torch.tensor([user], device=data.device))[0].float()
     own = torch.zeros(data.num_items, dtype=torch.bool, device=data.device)
     own[user_items(data, user)] = True
     top = scores.masked_fill(own, float("-inf")).topk(min(k, int((~own).sum())))

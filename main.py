@@ -43,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--num_neg", type=int, default=4, help="training negatives per positive, redrawn every epoch")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--l2", type=float, default=0.0, help="weight decay")
+    p.add_argument("--beta1", type=float, default=0.9, help="Adam's beta1")
+    p.add_argument("--beta2", type=float, default=0.999, help="Adam's beta2")
     p.add_argument("--optim", choices=OPTIMIZERS, default="adam")
     p.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=True,
                    help="update only the embedding rows in each batch (lazy Adam; with --l2 0 and adam, sgd or "
@@ -77,6 +79,9 @@ def parse_args(argv=None):
             p.error(f"--{flag} must not be negative, got {getattr(args, flag)}")
     if not args.lr > 0 or not math.isfinite(args.lr):
         p.error(f"--lr must be a positive number, got {args.lr}")
+    for flag in ("beta1", "beta2"):
+        if not 0 <= getattr(args, flag) < 1:
+            p.error(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
     if (args.pretrain_gmf or args.pretrain_mlp) and (args.model != "neumf" or not (args.pretrain_gmf and args.pretrain_mlp)):
         p.error("--pretrain_gmf and --pretrain_mlp go together, with --model neumf")
     return args
@@ -136,9 +141,10 @@ def uses_sparse_updates(args):
 
 
 def make_optimizer(model, args, sparse):
+    betas = {"betas": (args.beta1, args.beta2)} if args.optim == "adam" else {}
     if sparse:
-        return SPARSE_OPTIMIZERS[args.optim](model.parameters(), lr=args.lr)
-    return OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, weight_decay=args.l2)
+        return SPARSE_OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, **betas)
+    return OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, weight_decay=args.l2, **betas)
 
 
 def recommendation_rows(model, data, catalog, k):

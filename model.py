@@ -1,5 +1,6 @@
 """GMF, MLP and NeuMF (He et al., Neural Collaborative Filtering, WWW 2017), and loading pretrained GMF/MLP into NeuMF."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MODELS = ("gmf", "mlp", "neumf")
@@ -46,6 +47,33 @@ class NCF(nn.Module):
         if self.use_mlp:
             parts.append(self.mlp(torch.cat([self.user_mlp(users), self.item_mlp(items)], dim=-1)))
         return self.predict(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]).squeeze(-1)
+
+    def candidate_scorer(self):
+        """A function (users [rows], items [rows, candidates] or None for every item) -> logits [rows, candidates],
+        equal to forward on every (user, item) pair, for evaluation: the first MLP layer is linear in the
+        concatenation [user, item], so it is applied to every item once here and to each user once per call,
+        instead of to every pair; the output layer is split the same way instead of concatenating its input."""
+        gmf_width = self.user_gmf.embedding_dim if self.use_gmf else 0
+        weight, bias = self.predict.weight[0], self.predict.bias
+        if self.use_mlp:
+            first, user_width = self.mlp[0], self.user_mlp.embedding_dim
+            item_part = F.linear(self.item_mlp.weight, first.weight[:, user_width:])
+
+        def score(users, items=None):
+            def per_item(table):
+                return table if items is None else table[items]
+
+            logits = bias
+            if self.use_gmf:
+                user_gmf = self.user_gmf(users) * weight[:gmf_width]
+                logits = logits + (user_gmf[:, None, :] * per_item(self.item_gmf.weight)).sum(-1)
+            if self.use_mlp:
+                user_part = F.linear(self.user_mlp(users), first.weight[:, :user_width], first.bias)
+                hidden = self.mlp[1:](user_part[:, None, :] + per_item(item_part))
+                logits = logits + hidden @ weight[gmf_width:]
+            return logits
+
+        return score
 
 
 def load_pretrained(neumf, gmf_state, mlp_state, alpha=0.5):

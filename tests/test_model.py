@@ -43,3 +43,17 @@ def test_pretrained_neumf_reproduces_gmf_and_mlp():
         mlp_input = torch.cat([neumf.user_mlp(users), neumf.item_mlp(items)], -1)
         assert torch.allclose(neumf.mlp(mlp_input), mlp.mlp(torch.cat([mlp.user_mlp(users), mlp.item_mlp(items)], -1)))
         assert torch.allclose(neumf(users, items), 0.5 * gmf(users, items) + 0.5 * mlp(users, items), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
+def test_candidate_scorer_equals_forward(kind):
+    torch.manual_seed(1)
+    model = NCF(40, 60, 8, 3, kind)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    users, items = torch.randint(40, (7,)), torch.randint(60, (7, 100))
+    pairwise = model(users[:, None].expand_as(items).reshape(-1), items.reshape(-1)).view(items.shape)
+    score = model.candidate_scorer()
+    assert torch.allclose(score(users, items), pairwise, atol=1e-5)
+    every_item = model(users.repeat_interleave(60), torch.arange(60).repeat(7)).view(7, 60)
+    assert torch.allclose(score(users), every_item, atol=1e-5)
