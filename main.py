@@ -67,6 +67,7 @@ def parse_args(argv=None):
                    help="auto: online when wandb credentials exist, offline otherwise")
     p.add_argument("--wandb_project", default="recommendation")
     p.add_argument("--log_model", action="store_true", help="upload best.pt to wandb as a model artifact")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward pass (for GPUs)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (one is fastest for small batches, and robust on a busy machine)")
     p.add_argument("--log_every", type=int, default=10, help="log the training loss every this many steps")
@@ -192,7 +193,9 @@ def train_epoch(model, optimizer, data, args, epoch, run, global_step):
                disable=not sys.stdout.isatty())
     step = 0
     for step, (u, i, y) in enumerate(dataloader.batches([users, items, labels], args.batch_size), 1):
-        loss = F.binary_cross_entropy_with_logits(model(u, i), y)
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=args.amp):
+            logits = model(u, i)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -65,11 +65,14 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(tiny_split, tmp
 
 def test_optimizers_and_models_run(tiny_split, tmp_path):
     data_dir, _ = tiny_split
-    for extra in (["--optim", "sgd", "--lr", "0.1"], ["--optim", "adagrad"], ["--model", "gmf"],
-                  ["--model", "mlp", "--num_layers", "1"]):
+    for extra in (["--optim", "sgd", "--lr", "0.1"], ["--optim", "adagrad"], ["--optim", "rmsprop"],
+                  ["--model", "gmf"], ["--model", "mlp", "--num_layers", "1"], ["--amp", "True"],
+                  ["--no-sparse", "False"]):
         save_dir = str(tmp_path / "_".join(extra))
-        run_main("--data_dir", data_dir, *TINY, "--epochs", "1", "--save_dir", save_dir, *extra)
-        assert results(save_dir)["config"][extra[0].lstrip("-")] == extra[1]
+        flags = extra if not extra[1] in ("True", "False") else extra[:1]
+        run_main("--data_dir", data_dir, *TINY, "--epochs", "1", "--save_dir", save_dir, *flags)
+        assert str(results(save_dir)["config"][extra[0].lstrip("-").removeprefix("no-")]) == extra[1]
+        assert results(save_dir)["hr"] > 0
 
 
 @pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch_size", "-1"), ("--lr", "0"),
