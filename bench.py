@@ -1,0 +1,113 @@
+"""Benchmark the pipeline main.py runs: split time, negative sampling, training samples/s over a full epoch,
+sampled and full-ranking evaluation time, and peak memory. By default on a Melon-scale synthetic split
+(115,071 playlists, built on first use under data/bench), with the seed's settings.
+
+    python3 bench.py                                         # CPU, batch 1024, 4 negatives, E=8, L=3
+    python3 bench.py --batch_size 16384 --lr 0.01 --num_neg 8 --no-sparse --threads 2    # large batch
+    python3 bench.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m
+    python3 bench.py --gpu 0 --amp --batch_size 1048576 --json bench.json
+
+Every main.py flag (--gpu, --batch_size, --latent_dim_mf, --num_layers, --num_neg, --sparse, --threads, --amp,
+...) configures the run; the figures time main.py's own functions.
+"""
+import json
+import os
+import platform
+import resource
+import time
+
+import torch
+
+import dataloader
+import main
+from evaluate import full_ranks, sampled_ranks
+from model import NCF
+from utils import Parser, atomic_open, resolve_device, run_cli
+
+
+def peak_rss_gib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # ru_maxrss is in KiB on Linux
+
+
+def cpu_name():
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
+
+
+def timed(device, work):
+    """(result, seconds) of work(), waiting for the device to finish."""
+    started = time.perf_counter()
+    result = work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - started
+
+
+def bench():
+    parser = Parser(description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--full_users", type=int, default=1000,
+                        help="users to time full-ranking evaluation on (the total is extrapolated)")
+    own, rest = parser.parse_known_args()
+    defaults = ["--data_dir", "data/bench", "--dataset", "melon_syn", "--wandb", "disabled"]
+    args = main.parse_args(defaults + rest)
+    if own.full_users < 0:
+        parser.error(f"--full_users must not be negative, got {own.full_users}")
+    device = resolve_device(args.gpu)
+    torch.set_num_threads(args.threads)
+    figures = {}
+
+    if args.dataset == "melon_syn" and not os.path.exists(os.path.join(args.data_dir, "melon_syn.train.rating")):
+        import split
+        import synthetic
+        train_json, _ = synthetic.generate(os.path.join(args.data_dir, "melon_syn"), scale="melon")
+        _, figures["split_seconds"] = timed(device, lambda: split.split(train_json, args.data_dir, "melon_syn"))
+
+    data, figures["load_seconds"] = timed(
+        device, lambda: dataloader.load(args.data_dir, args.dataset, device, args.exclude_test_neg))
+    torch.manual_seed(args.seed)
+    sparse = main.uses_sparse_updates(args)
+    model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
+    optimizer = main.make_optimizer(model, args, sparse)
+    samples = len(data.train_users) * (1 + args.num_neg)
+
+    _, figures["sampling_seconds"] = timed(device, lambda: dataloader.epoch_samples(data, args.num_neg, args.seed, 0))
+    (loss, steps), figures["epoch_seconds"] = timed(
+        device, lambda: main.train_epoch(model, optimizer, data, args, 1, None, 0))
+    figures["samples_per_second"] = samples / figures["epoch_seconds"]
+    figures["training_samples_per_second"] = samples / (figures["epoch_seconds"] - figures["sampling_seconds"])
+    figures["peak_rss_gib_after_training"] = peak_rss_gib()
+
+    _, figures["sampled_eval_seconds"] = timed(device, lambda: sampled_ranks(model, data.test))
+    if own.full_users:
+        users = min(own.full_users, len(data.test.users))
+        subset = dataloader.Candidates(data.test.users[:users], data.test.items[:users])
+        _, seconds = timed(device, lambda: full_ranks(model, data, subset))
+        figures["full_eval_seconds_per_1000_users"] = seconds / users * 1000
+        figures["full_eval_seconds_all_users_extrapolated"] = seconds / users * len(data.test.users)
+    figures["peak_rss_gib"] = peak_rss_gib()
+    if device.type == "cuda":
+        figures["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "device": str(device),
+               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()}
+    setup = {"dataset": args.dataset, "users": data.num_users, "items": data.num_items,
+             "training_pairs": len(data.train_users), "samples_per_epoch": samples, "steps_per_epoch": steps,
+             "epoch_loss": loss}
+    config = {k: getattr(args, k) for k in ("model", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "lr",
+                                            "beta1", "beta2", "optim", "sparse", "amp", "threads",
+                                            "exclude_test_neg")}
+    print(f"{machine['device_name']} ({machine['cores']} cores), torch {machine['torch']}, device {device}")
+    print(", ".join(f"{k} {v}" for k, v in config.items()))
+    print(", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in setup.items()))
+    width = max(map(len, figures))
+    for name, value in figures.items():
+        print(f"  {name:<{width}}  {value:>14,.2f}")
+    if own.json:
+        with atomic_open(own.json) as f:
+            json.dump({"machine": machine, "config": config, "data": setup, "figures": figures}, f, indent=1)
+
+
+if __name__ == "__main__":
+    run_cli(bench)
