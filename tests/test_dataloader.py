@@ -86,6 +86,8 @@ def test_validation_files_load_and_are_avoided(tmp_path):
     ("train.rating", "0\t1\t1\t0\n0\tx\t1\t0\n", "tiny.train.rating: line 2"),
     ("test.negative", "(0,1)\t5\t6\n(1,2\t7\t8\n", "tiny.test.negative: line 2"),
     ("test.negative", "(0,1)\t5\t6\n(1,2)\t7\n", "tiny.test.negative: line 2"),
+    ("test.negative", "(0,1)\t5\t6\n(1,2)\t7\t8\t9\n", "tiny.test.negative: line 2"),
+    ("test.negative", "(0,1)\t5\t6\n(1,2)\tx\t8\n", "tiny.test.negative: line 2"),
 ])
 def test_malformed_lines_are_named(tiny_split, suffix, content, expected):
     data_dir, name = tiny_split
