@@ -59,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--exclude_test_neg", action=argparse.BooleanOptionalAction, default=True,
                    help="training negatives avoid the user's test negatives, as the seed did "
                         "(--no-exclude_test_neg: the NCF paper's protocol)")
+    p.add_argument("--pretrain", action="store_true",
+                   help="train GMF, then MLP, then NeuMF initialised from both (SAVE_DIR/gmf, SAVE_DIR/mlp, SAVE_DIR)")
     p.add_argument("--pretrain_gmf", default=None, help="GMF checkpoint to initialise NeuMF from")
     p.add_argument("--pretrain_mlp", default=None, help="MLP checkpoint to initialise NeuMF from")
     p.add_argument("--save_dir", default=None, help="where results.json and checkpoints go (default: runs/DATASET)")
@@ -85,6 +87,8 @@ def parse_args(argv=None):
             p.error(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
     if (args.pretrain_gmf or args.pretrain_mlp) and (args.model != "neumf" or not (args.pretrain_gmf and args.pretrain_mlp)):
         p.error("--pretrain_gmf and --pretrain_mlp go together, with --model neumf")
+    if args.pretrain and (args.model != "neumf" or args.pretrain_gmf or args.resume):
+        p.error("--pretrain trains NeuMF from scratch: not with --model gmf/mlp/mf, --pretrain_gmf or --resume")
     return args
 
 
@@ -222,6 +226,22 @@ def main():
         args.__dict__.update(checkpoint["config"])
         args.__dict__.update(overrides)
         print(f"resuming {args.resume} after epoch {checkpoint['epoch']} with its configuration")
+    if args.pretrain:
+        args.dataset = args.dataset or default_dataset(args.data_dir)
+        save_dir = args.save_dir or os.path.join("runs", args.dataset)
+        for stage in ("gmf", "mlp"):
+            print(f"pretraining {stage.upper()} into {os.path.join(save_dir, stage)}")
+            train(argparse.Namespace(**dict(vars(args), model=stage, pretrain=False,
+                                            save_dir=os.path.join(save_dir, stage))))
+        print(f"training NeuMF from the pretrained GMF and MLP into {save_dir}")
+        args = argparse.Namespace(**dict(vars(args), pretrain=False, save_dir=save_dir,
+                                         pretrain_gmf=os.path.join(save_dir, "gmf", "best.pt"),
+                                         pretrain_mlp=os.path.join(save_dir, "mlp", "best.pt")))
+    train(args, checkpoint)
+
+
+def train(args, checkpoint=None):
+    """Train and evaluate one model as `args` says (from scratch, or continuing `checkpoint`); write the outputs."""
     device = resolve_device(args.gpu)
     torch.set_num_threads(args.threads)
     if args.dataset is None:
@@ -235,7 +255,7 @@ def main():
 
     sparse = uses_sparse_updates(args)
     model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
-    if args.pretrain_gmf:
+    if args.pretrain_gmf and checkpoint is None:
         gmf, mlp = load_checkpoint(args.pretrain_gmf, device), load_checkpoint(args.pretrain_mlp, device)
         load_pretrained(model, gmf["model"], mlp["model"])
     optimizer = make_optimizer(model, args, sparse)

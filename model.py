@@ -1,25 +1,27 @@
-"""GMF, MLP and NeuMF (He et al., Neural Collaborative Filtering, WWW 2017), and loading pretrained GMF/MLP into NeuMF."""
+"""GMF, MLP and NeuMF (He et al., Neural Collaborative Filtering, WWW 2017), plain matrix factorisation as the
+baseline (Rendle et al. 2020), and loading pretrained GMF/MLP into NeuMF."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = ("gmf", "mlp", "neumf")
+MODELS = ("gmf", "mlp", "neumf", "mf")
 
 
 class NCF(nn.Module):
-    """One of the three NCF models, chosen by `model`; forward returns logits.
+    """One of the NCF models or MF, chosen by `model`; forward returns logits.
 
     GMF: user and item embeddings of size `factor`, element-wise product.
     MLP: embeddings of size factor * 2**(num_layers - 1) per side, concatenated, then `num_layers`
     Linear+ReLU layers each halving the width down to `factor` (factor 8, 3 layers: 64 -> 32 -> 16 -> 8).
     NeuMF: both, the output layer reading [GMF product, MLP output].
+    MF: dot product of user and item embeddings of size `factor`, plus user, item and global biases.
     sparse: embedding gradients hold only the batch's rows (for optimizers that update only those rows).
     """
 
     def __init__(self, num_users, num_items, factor=8, num_layers=3, model="neumf", sparse=False):
         super().__init__()
         self.model = model
-        self.use_gmf = model in ("gmf", "neumf")
+        self.use_gmf = model in ("gmf", "neumf", "mf")
         self.use_mlp = model in ("mlp", "neumf")
         if self.use_gmf:
             self.user_gmf = nn.Embedding(num_users, factor, sparse=sparse)
@@ -33,14 +35,22 @@ class NCF(nn.Module):
             for width_in, width_out in zip(widths[:-1], widths[1:]):
                 layers += [nn.Linear(width_in, width_out), nn.ReLU()]
             self.mlp = nn.Sequential(*layers)
-        self.predict = nn.Linear(factor * (self.use_gmf + self.use_mlp), 1)
+        if model == "mf":
+            self.user_bias = nn.Embedding(num_users, 1, sparse=sparse)
+            self.item_bias = nn.Embedding(num_items, 1, sparse=sparse)
+            self.bias = nn.Parameter(torch.zeros(1))
+        else:
+            self.predict = nn.Linear(factor * (self.use_gmf + self.use_mlp), 1)
         for embedding in self.embeddings():
-            nn.init.normal_(embedding.weight, std=0.01)
+            nn.init.normal_(embedding.weight, std=0.01 if embedding.embedding_dim > 1 else 0.0)
 
     def embeddings(self):
         return [m for m in self.modules() if isinstance(m, nn.Embedding)]
 
     def forward(self, users, items):
+        if self.model == "mf":
+            return ((self.user_gmf(users) * self.item_gmf(items)).sum(-1) + self.user_bias(users)[:, 0]
+                    + self.item_bias(items)[:, 0] + self.bias)
         parts = []
         if self.use_gmf:
             parts.append(self.user_gmf(users) * self.item_gmf(items))
@@ -53,6 +63,15 @@ class NCF(nn.Module):
         equal to forward on every (user, item) pair, for evaluation: the first MLP layer is linear in the
         concatenation [user, item], so it is applied to every item once here and to each user once per call,
         instead of to every pair; the output layer is split the same way instead of concatenating its input."""
+        def per_item(table, items):
+            return table if items is None else table[items]
+
+        if self.model == "mf":
+            def score(users, items=None):
+                products = (self.user_gmf(users)[:, None, :] * per_item(self.item_gmf.weight, items)).sum(-1)
+                return products + self.user_bias(users) + per_item(self.item_bias.weight[:, 0], items) + self.bias
+
+            return score
         gmf_width = self.user_gmf.embedding_dim if self.use_gmf else 0
         weight, bias = self.predict.weight[0], self.predict.bias
         if self.use_mlp:
@@ -60,16 +79,13 @@ class NCF(nn.Module):
             item_part = F.linear(self.item_mlp.weight, first.weight[:, user_width:])
 
         def score(users, items=None):
-            def per_item(table):
-                return table if items is None else table[items]
-
             logits = bias
             if self.use_gmf:
                 user_gmf = self.user_gmf(users) * weight[:gmf_width]
-                logits = logits + (user_gmf[:, None, :] * per_item(self.item_gmf.weight)).sum(-1)
+                logits = logits + (user_gmf[:, None, :] * per_item(self.item_gmf.weight, items)).sum(-1)
             if self.use_mlp:
                 user_part = F.linear(self.user_mlp(users), first.weight[:, :user_width], first.bias)
-                hidden = self.mlp[1:](user_part[:, None, :] + per_item(item_part))
+                hidden = self.mlp[1:](user_part[:, None, :] + per_item(item_part, items))
                 logits = logits + hidden @ weight[gmf_width:]
             return logits
 

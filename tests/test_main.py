@@ -66,7 +66,7 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(tiny_split, tmp
 def test_optimizers_and_models_run(tiny_split, tmp_path):
     data_dir, _ = tiny_split
     for extra in (["--optim", "sgd", "--lr", "0.1"], ["--optim", "adagrad"], ["--optim", "rmsprop"],
-                  ["--model", "gmf"], ["--model", "mlp", "--num_layers", "1"], ["--amp", "True"],
+                  ["--model", "gmf"], ["--model", "mlp", "--num_layers", "1"], ["--model", "mf"], ["--amp", "True"],
                   ["--no-sparse", "False"]):
         save_dir = str(tmp_path / "_".join(extra))
         flags = extra if not extra[1] in ("True", "False") else extra[:1]
@@ -153,3 +153,27 @@ def test_results_md_has_the_epochs_and_recommendations(tiny_split, tmp_path):
     train_items = {int(line.split()[1]) for line in open(os.path.join(data_dir, "tiny.train.rating"))
                    if line.split()[0] == "0"}
     assert not {int(row[2]) for row in recommended} & train_items
+
+
+def test_pretrain_runs_three_stages_and_neumf_starts_from_them(tiny_split, tmp_path):
+    import dataloader
+    from model import NCF, load_pretrained
+    data_dir, name = tiny_split
+    save_dir = str(tmp_path / "run")
+    out = run_main("--data_dir", data_dir, *TINY, "--epochs", "3", "--pretrain", "--save_dir", save_dir).stdout
+    assert [results(os.path.join(save_dir, stage))["config"]["model"] for stage in ("gmf", "mlp")] == ["gmf", "mlp"]
+    final = results(save_dir)
+    assert final["config"]["pretrain_gmf"] == os.path.join(save_dir, "gmf", "best.pt")
+    assert out.strip().splitlines()[-1].startswith(f"best epoch {final['best_epoch']}:")
+
+    data = dataloader.load(data_dir, name)
+    users, items, labels = dataloader.epoch_samples(data, 4, seed=5, epoch=1)
+    gmf, mlp = (torch.load(os.path.join(save_dir, stage, "best.pt"), weights_only=True)["model"]
+                for stage in ("gmf", "mlp"))
+    torch.manual_seed(0)
+    pretrained = load_pretrained(NCF(data.num_users, data.num_items, 8, 3, "neumf"), gmf, mlp)
+    scratch = NCF(data.num_users, data.num_items, 8, 3, "neumf")
+    with torch.no_grad():
+        def loss(model):
+            return torch.nn.functional.binary_cross_entropy_with_logits(model(users, items), labels).item()
+        assert loss(pretrained) < loss(scratch) - 0.05

@@ -9,11 +9,12 @@ def expected_parameters(users, items, factor, layers, model):
     mlp = (users + items) * factor * 2 ** (layers - 1)
     widths = [factor * 2 ** (layers - i) for i in range(layers + 1)]
     mlp += sum(w_in * w_out + w_out for w_in, w_out in zip(widths[:-1], widths[1:]))
-    return {"gmf": gmf + factor + 1, "mlp": mlp + factor + 1, "neumf": gmf + mlp + 2 * factor + 1}[model]
+    return {"gmf": gmf + factor + 1, "mlp": mlp + factor + 1, "neumf": gmf + mlp + 2 * factor + 1,
+            "mf": gmf + users + items + 1}[model]
 
 
 @pytest.mark.parametrize("factor,layers", [(8, 3), (4, 1), (16, 2), (8, 4)])
-@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
+@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf", "mf"])
 def test_shapes_and_parameter_counts(factor, layers, kind):
     model = NCF(50, 70, factor, layers, kind)
     assert sum(p.numel() for p in model.parameters()) == expected_parameters(50, 70, factor, layers, kind)
@@ -45,7 +46,7 @@ def test_pretrained_neumf_reproduces_gmf_and_mlp():
         assert torch.allclose(neumf(users, items), 0.5 * gmf(users, items) + 0.5 * mlp(users, items), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
+@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf", "mf"])
 def test_candidate_scorer_equals_forward(kind):
     torch.manual_seed(1)
     model = NCF(40, 60, 8, 3, kind)
@@ -57,3 +58,13 @@ def test_candidate_scorer_equals_forward(kind):
     assert torch.allclose(score(users, items), pairwise, atol=1e-5)
     every_item = model(users.repeat_interleave(60), torch.arange(60).repeat(7)).view(7, 60)
     assert torch.allclose(score(users), every_item, atol=1e-5)
+
+
+def test_mf_is_a_biased_dot_product():
+    model = NCF(5, 6, 4, 3, "mf")
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    users, items = torch.tensor([0, 4, 2]), torch.tensor([5, 1, 1])
+    expected = ((model.user_gmf.weight[users] * model.item_gmf.weight[items]).sum(1) + model.user_bias.weight[users, 0]
+                + model.item_bias.weight[items, 0] + model.bias)
+    assert torch.allclose(model(users, items), expected)
