@@ -177,3 +177,25 @@ def test_pretrain_runs_three_stages_and_neumf_starts_from_them(tiny_split, tmp_p
         def loss(model):
             return torch.nn.functional.binary_cross_entropy_with_logits(model(users, items), labels).item()
         assert loss(pretrained) < loss(scratch) - 0.05
+
+
+def test_validation_selects_the_epoch_without_reading_test_metrics(tmp_path, monkeypatch):
+    from conftest import write_split
+    data_dir, name = write_split(tmp_path, val=True)
+    calls = []
+
+    def fake_evaluate(model, candidates, k):
+        # The test metrics get worse every epoch and the validation metrics better: selection must follow val.
+        calls.append(candidates)  # each epoch scores the test candidates, then the validation ones
+        epoch = (len(calls) + 1) // 2
+        return (1 / epoch, 1 / epoch) if len(calls) % 2 else (epoch / 10, epoch / 10)
+
+    monkeypatch.setattr(main, "evaluate", fake_evaluate)
+    save_dir = str(tmp_path / "run")
+    monkeypatch.setattr(sys, "argv", ["main.py", "--data_dir", data_dir, "--dataset", name, *TINY[2:],
+                                      "--epochs", "3", "--save_dir", save_dir])
+    main.main()
+    summary = results(save_dir)
+    assert summary["selection"] == "val"
+    assert [r["val_ndcg"] for r in summary["history"]] == [0.1, 0.2, 0.3]
+    assert summary["best_epoch"] == 3 and summary["ndcg"] == 1 / 3  # test NDCG at the val-chosen epoch
