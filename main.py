@@ -217,8 +217,8 @@ def train_epoch(model, optimizer, data, args, epoch, run, global_step):
     return total_loss.item() / num_samples, step
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     checkpoint = None
     if args.resume:
         checkpoint = load_checkpoint(args.resume)
