@@ -164,12 +164,12 @@ def recommendation_rows(model, data, catalog, k):
     return rows
 
 
-def write_results_md(path, args, history, best, columns, recommendations):
+def write_results_md(path, args, history, best, selection, columns, recommendations):
     """A markdown report for people without wandb: the per-epoch table and the best epoch's recommendations."""
     k = args.topk
     lines = [f"# {args.model} on {args.dataset}", "",
              f"Best epoch {best['epoch']}: HR@{k} {best['hr']:.4f}, NDCG@{k} {best['ndcg']:.4f} "
-             f"({args.eval} evaluation, epoch chosen on {'validation' if 'val_ndcg' in history[0] else 'test'} NDCG).",
+             f"({args.eval} evaluation, epoch chosen on {'validation' if selection == 'val' else 'test'} NDCG).",
              "", f"| epoch | loss | HR@{k} | NDCG@{k} | train s | eval s | samples/s |", "|---" * 7 + "|"]
     lines += [f"| {r['epoch']} | {r['loss']:.4f} | {r['hr']:.4f} | {r['ndcg']:.4f} | {r['train_seconds']:.1f} "
               f"| {r['eval_seconds']:.1f} | {r['samples_per_second']:,.0f} |" for r in history]
@@ -269,6 +269,8 @@ def train(args, checkpoint=None):
         start_epoch = checkpoint["epoch"] + 1
     os.makedirs(args.save_dir, exist_ok=True)
     run = start_wandb(args, data, run_id)
+    if run is not None:
+        import wandb
     selection = "val" if data.val is not None else "test"
     score = (lambda candidates: evaluate(model, candidates, args.topk)) if args.eval == "sampled" else \
         (lambda candidates: evaluate_full(model, data, candidates, args.topk))
@@ -311,7 +313,6 @@ def train(args, checkpoint=None):
                       "samples_per_second": record["samples_per_second"]}
             if data.val is not None:
                 logged.update({f"val/hr@{k}": val_hr, f"val/ndcg@{k}": val_ndcg})
-            import wandb
             logged["recommendations"] = wandb.Table(columns=columns, data=[[epoch, *r] for r in recommendations])
             run.log(logged, step=global_step)
             run.summary.update({"best_epoch": best["epoch"], f"best/hr@{k}": best["hr"],
@@ -330,10 +331,10 @@ def train(args, checkpoint=None):
                "protocol": args.eval, "history": history, "config": vars(args)}
     with atomic_open(os.path.join(args.save_dir, "results.json")) as f:
         json.dump(results, f, indent=1)
-    write_results_md(os.path.join(args.save_dir, "results.md"), args, history, best, columns, best_recommendations)
+    write_results_md(os.path.join(args.save_dir, "results.md"), args, history, best, selection, columns,
+                     best_recommendations)
     if run is not None:
         if args.log_model:
-            import wandb
             artifact = wandb.Artifact(f"{args.model}-{args.dataset}", type="model", metadata=results["config"])
             artifact.add_file(os.path.join(args.save_dir, "best.pt"))
             run.log_artifact(artifact)
