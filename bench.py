@@ -19,6 +19,7 @@ import time
 import torch
 
 import dataloader
+import distributed
 import main
 from evaluate import full_ranks, sampled_ranks
 from model import NCF
@@ -72,8 +73,8 @@ def bench():
     samples = len(data.train_users) * (1 + args.num_neg)
 
     _, figures["sampling_seconds"] = timed(device, lambda: dataloader.epoch_samples(data, args.num_neg, args.seed, 0))
-    (loss, steps), figures["epoch_seconds"] = timed(
-        device, lambda: main.train_epoch(model, optimizer, data, args, 1, None, 0))
+    (loss_sum, steps, _), figures["epoch_seconds"] = timed(
+        device, lambda: main.train_epoch(model, optimizer, data, args, distributed.Context(0, 1, 0, device), 1))
     figures["samples_per_second"] = samples / figures["epoch_seconds"]
     figures["training_samples_per_second"] = samples / (figures["epoch_seconds"] - figures["sampling_seconds"])
     figures["peak_rss_gib_after_training"] = peak_rss_gib()
@@ -93,7 +94,7 @@ def bench():
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()}
     setup = {"dataset": args.dataset, "users": data.num_users, "items": data.num_items,
              "training_pairs": len(data.train_users), "samples_per_epoch": samples, "steps_per_epoch": steps,
-             "epoch_loss": loss}
+             "epoch_loss": loss_sum / samples}
     config = {k: getattr(args, k) for k in ("model", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "lr",
                                             "beta1", "beta2", "optim", "sparse", "amp", "threads",
                                             "exclude_test_neg")}

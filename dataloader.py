@@ -203,7 +203,10 @@ def epoch_samples(data, num_neg, seed, epoch):
     return data.train_users[order % positives], items[order], (order < positives).float()
 
 
-def batches(tensors, batch_size):
-    """Consecutive slices of `batch_size` rows of each tensor (views, no copies)."""
-    for start in range(0, len(tensors[0]), batch_size):
-        yield [t[start:start + batch_size] for t in tensors]
+def batches(tensors, batch_size, rank=0, world_size=1, start=0):
+    """Consecutive global batches of `batch_size` rows of each tensor, from batch number `start` on (views, no
+    copies). With several ranks each yields its shard of every global batch: every world_size-th row from row
+    `rank` on, so the shards are disjoint, cover the batch, differ in size by at most one row, and (the epoch
+    being shuffled) hold the same mix of positives and negatives."""
+    for begin in range(start * batch_size, len(tensors[0]), batch_size):
+        yield [t[begin:begin + batch_size][rank::world_size] for t in tensors]

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dataloader
-from evaluate import evaluate, evaluate_full, item_names, load_checkpoint, recommend
+import distributed
+from evaluate import full_ranks, item_names, load_checkpoint, recommend, sampled_ranks
+from metrics import hit_ratio_from_ranks, ndcg_from_ranks
 from model import MODELS, NCF, load_pretrained
 from optim import LazyAdam
-from utils import Parser, atomic_open, atomic_path, resolve_device, run_cli
+from utils import Parser, atomic_open, atomic_path, gpu_indices, run_cli
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
               "rmsprop": torch.optim.RMSprop}
@@ -30,7 +32,7 @@ SHOWN_PLAYLISTS = 3  # playlists whose top-K recommendations are logged at every
 RESUMABLE_FLAGS = ("epochs", "gpu", "threads", "wandb", "log_model", "patience", "resume")  # may differ from the checkpoint's on --resume
 
 
-def parse_args(argv=None):
+def build_parser():
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--data_dir", default="data", help="directory holding the split files")
     p.add_argument("--dataset", default=None,
@@ -49,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=True,
                    help="update only the embedding rows in each batch (lazy Adam; with --l2 0 and adam, sgd or "
                         "adagrad); --no-sparse: the seed's dense update of every row at every step")
-    p.add_argument("--gpu", default="0", help="CUDA index (or list like 2,3; the first is used), or cpu")
+    p.add_argument("--gpu", default="0", help="CUDA index, or a list like 2,3 (one process per GPU), or cpu")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--topk", type=int, default=10, help="K of HR@K and NDCG@K")
     p.add_argument("--eval", choices=["sampled", "full"], default="sampled",
@@ -73,6 +75,19 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (one is fastest for small batches, and robust on a busy machine)")
     p.add_argument("--log_every", type=int, default=10, help="log the training loss every this many steps")
+    return p
+
+
+def given_flags(argv=None):
+    """The flags (as argument names) present on the command line, whatever their values."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     for flag in ("epochs", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "topk", "threads", "log_every"):
         if getattr(args, flag) < 1:
@@ -138,10 +153,10 @@ def start_wandb(args, data, run_id):
     return run
 
 
-def uses_sparse_updates(args):
+def uses_sparse_updates(args, say=print):
     """Whether embedding gradients are sparse: asked for, and the optimizer and weight decay allow it."""
     if args.sparse and (args.l2 > 0 or args.optim not in SPARSE_OPTIMIZERS):
-        print(f"note: dense embedding updates, as --optim {args.optim} with --l2 {args.l2} needs them")
+        say(f"note: dense embedding updates, as --optim {args.optim} with --l2 {args.l2} needs them")
     return args.sparse and args.l2 == 0 and args.optim in SPARSE_OPTIMIZERS
 
 
@@ -185,161 +200,281 @@ def save_checkpoint(path, **state):
         torch.save(state, tmp)
 
 
-def train_epoch(model, optimizer, data, args, epoch, run, global_step):
-    """One pass over the epoch's positives and fresh negatives; returns (mean loss, steps taken)."""
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+def train_epoch(model, optimizer, data, args, ctx, epoch, stop=None, run=None, global_step=0, start_step=0,
+                start_loss=0.0):
+    """One pass over the epoch's positives and fresh negatives, from its batch `start_step` on (0 unless resuming
+    mid-epoch, with `start_loss` the loss summed over the batches before it). Each global batch of --batch_size samples is dealt out across the ranks, and each rank's loss is
+    weighted so that the all-reduced gradient is the gradient of the global batch's mean loss. Every --log_every
+    steps the ranks agree on the loss and on any stop request (stop: a distributed.StopRequest).
+    Returns (sum of the losses of the samples trained, over all ranks; steps taken; whether a stop request
+    ended the epoch early). Raises Diverged when the loss is no longer finite."""
     users, items, labels = dataloader.epoch_samples(data, args.num_neg, args.seed, epoch)
     num_samples = len(users)
     model.train()
-    total_loss = torch.zeros((), device=data.device)
-    window_loss = torch.zeros((), device=data.device)
+    loss_sum = torch.full((), start_loss, device=data.device)
+    window_loss, window_steps = torch.zeros((), device=data.device), 0
     started = time.perf_counter()
-    bar = tqdm(total=num_samples, desc=f"epoch {epoch}", unit="sample", unit_scale=True, leave=False,
-               disable=not sys.stdout.isatty())
-    step = 0
-    for step, (u, i, y) in enumerate(dataloader.batches([users, items, labels], args.batch_size), 1):
+    first = min(start_step * args.batch_size, num_samples)
+    bar = tqdm(total=num_samples, initial=first, desc=f"epoch {epoch}",
+               unit="sample", unit_scale=True, leave=False, disable=not (ctx.is_main and sys.stdout.isatty()))
+    shards = dataloader.batches([users, items, labels], args.batch_size, ctx.rank, ctx.world_size, start_step)
+    step = start_step
+    for step, (u, i, y) in enumerate(shards, start_step + 1):
+        global_batch = min(args.batch_size, num_samples - (step - 1) * args.batch_size)
         with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=args.amp):
             logits = model(u, i)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y) if len(y) else logits.sum()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (len(y) * ctx.world_size / global_batch)).backward()  # weight 1 on one rank
         optimizer.step()
-        total_loss += loss.detach() * len(y)
+        loss_sum += loss.detach() * len(y)
         window_loss += loss.detach()
+        window_steps += 1
         if step % args.log_every == 0:
-            mean = window_loss.item() / args.log_every
+            total, stops = ctx.sum([window_loss.item(), stop is not None and stop.signum is not None])
+            mean = total / (window_steps * ctx.world_size)
             window_loss.zero_()
+            window_steps = 0
+            if not math.isfinite(mean):
+                bar.close()
+                raise Diverged(mean)
             done = min(step * args.batch_size, num_samples)
             if run is not None:
-                run.log({"train/loss": mean, "epoch": epoch - 1 + done / num_samples}, step=global_step + step)
+                run.log({"train/loss": mean, "epoch": epoch - 1 + done / num_samples}, step=global_step + step - start_step)
             bar.update(done - bar.n)
-            bar.set_postfix(loss=f"{mean:.4f}", samples_per_s=f"{done / (time.perf_counter() - started):,.0f}")
+            bar.set_postfix(loss=f"{mean:.4f}", samples_per_s=f"{(done - first) / (time.perf_counter() - started):,.0f}")
+            if stops:
+                bar.close()
+                return ctx.sum([loss_sum.item()])[0], step - start_step, True
     bar.close()
-    return total_loss.item() / num_samples, step
+    return ctx.sum([loss_sum.item()])[0], step - start_step, False
 
 
 def main(argv=None):
     args = parse_args(argv)
+    gpus = gpu_indices(args.gpu)
+    if gpus and len(gpus) > 1 and not distributed.launched() and torch.cuda.is_available():
+        sys.exit(distributed.spawn(main, sys.argv[1:] if argv is None else argv, len(gpus)))
+    ctx = distributed.setup(args.gpu)
+    try:
+        run_stages(args, ctx, given_flags(argv))
+    finally:
+        distributed.teardown()
+
+
+def run_stages(args, ctx, given):
+    """Resolve the data set and save directory, then train: continuing --resume (with the checkpoint's
+    configuration, except the RESUMABLE_FLAGS in `given`), or the three stages of --pretrain, or one model."""
     checkpoint = None
     if args.resume:
-        checkpoint = load_checkpoint(args.resume)
-        overrides = {flag: getattr(args, flag) for flag in RESUMABLE_FLAGS}
+        checkpoint = ctx.broadcast(load_checkpoint(args.resume) if ctx.is_main else None)
+        overrides = {flag: getattr(args, flag) for flag in RESUMABLE_FLAGS if flag in given or flag == "resume"}
         args.__dict__.update(checkpoint["config"])
         args.__dict__.update(overrides)
-        print(f"resuming {args.resume} after epoch {checkpoint['epoch']} with its configuration")
+        ctx.print(f"resuming {args.resume} after epoch {checkpoint['epoch']}"
+                  + (f" and {checkpoint['step']} steps of epoch {checkpoint['epoch'] + 1}" if checkpoint.get("step") else "")
+                  + " with its configuration")
+    if args.dataset is None:
+        args.dataset = ctx.broadcast(default_dataset(args.data_dir) if ctx.is_main else None)
+    args.save_dir = args.save_dir or os.path.join("runs", args.dataset)
     if args.pretrain:
-        args.dataset = args.dataset or default_dataset(args.data_dir)
-        save_dir = args.save_dir or os.path.join("runs", args.dataset)
+        save_dir = args.save_dir
         for stage in ("gmf", "mlp"):
-            print(f"pretraining {stage.upper()} into {os.path.join(save_dir, stage)}")
+            ctx.print(f"pretraining {stage.upper()} into {os.path.join(save_dir, stage)}")
             train(argparse.Namespace(**dict(vars(args), model=stage, pretrain=False,
-                                            save_dir=os.path.join(save_dir, stage))))
-        print(f"training NeuMF from the pretrained GMF and MLP into {save_dir}")
-        args = argparse.Namespace(**dict(vars(args), pretrain=False, save_dir=save_dir,
+                                            save_dir=os.path.join(save_dir, stage))), ctx)
+        ctx.print(f"training NeuMF from the pretrained GMF and MLP into {save_dir}")
+        args = argparse.Namespace(**dict(vars(args), pretrain=False,
                                          pretrain_gmf=os.path.join(save_dir, "gmf", "best.pt"),
                                          pretrain_mlp=os.path.join(save_dir, "mlp", "best.pt")))
-    train(args, checkpoint)
+    train(args, ctx, checkpoint)
 
 
-def train(args, checkpoint=None):
-    """Train and evaluate one model as `args` says (from scratch, or continuing `checkpoint`); write the outputs."""
-    device = resolve_device(args.gpu)
+def same_run(config, args):
+    """Whether a saved configuration is the one `args` describes, the flags that may change on --resume aside."""
+    return {k: v for k, v in config.items() if k not in RESUMABLE_FLAGS} == \
+        {k: v for k, v in vars(args).items() if k not in RESUMABLE_FLAGS}
+
+
+def restart_point(args):
+    """After torchrun restarted the workers: "finished" when SAVE_DIR holds this run's results, the run's last.pt
+    checkpoint when there is one to continue, else None."""
+    results_path, last_path = os.path.join(args.save_dir, "results.json"), os.path.join(args.save_dir, "last.pt")
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            if same_run(json.load(f)["config"], args):
+                return "finished"
+    if os.path.exists(last_path):
+        checkpoint = load_checkpoint(last_path)
+        if same_run(checkpoint["config"], args):
+            return checkpoint
+    return None
+
+
+def train(args, ctx, checkpoint=None):
+    """Train and evaluate one model as `args` says (from scratch, or continuing `checkpoint`) on every rank of
+    `ctx`; rank 0 writes the outputs and logs."""
+    device = ctx.device
     torch.set_num_threads(args.threads)
-    if args.dataset is None:
-        args.dataset = default_dataset(args.data_dir)
-    args.save_dir = args.save_dir or os.path.join("runs", args.dataset)
+    if distributed.restarted():
+        restart = ctx.broadcast(restart_point(args) if ctx.is_main else None)
+        if restart == "finished":
+            ctx.print(f"restarted: {args.save_dir} already holds this run's results")
+            return
+        if restart is not None:
+            checkpoint = restart
+            ctx.print(f"restarted: resuming {os.path.join(args.save_dir, 'last.pt')} after epoch {checkpoint['epoch']}"
+                      + (f" and {checkpoint['step']} steps" if checkpoint.get("step") else ""))
     torch.manual_seed(args.seed)
     data = dataloader.load(args.data_dir, args.dataset, device, args.exclude_test_neg)
-    print(f"{args.dataset}: {data.num_users:,} users x {data.num_items:,} items, {len(data.train_users):,} training "
-          f"pairs, {len(data.test.users):,} test users, {data.test.items.shape[1] - 1} negatives each"
-          + (", with validation" if data.val is not None else "") + f"; device {device}")
+    ctx.print(f"{args.dataset}: {data.num_users:,} users x {data.num_items:,} items, {len(data.train_users):,} "
+              f"training pairs, {len(data.test.users):,} test users, {data.test.items.shape[1] - 1} negatives each"
+              + (", with validation" if data.val is not None else "") + f"; device {device}"
+              + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
 
-    sparse = uses_sparse_updates(args)
+    sparse = uses_sparse_updates(args, ctx.print)
     model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
-    if args.pretrain_gmf and checkpoint is None:
+    if args.pretrain_gmf and checkpoint is None and ctx.is_main:  # the other ranks get these weights from rank 0
         gmf, mlp = load_checkpoint(args.pretrain_gmf, device), load_checkpoint(args.pretrain_mlp, device)
         load_pretrained(model, gmf["model"], mlp["model"])
     optimizer = make_optimizer(model, args, sparse)
-    history, best, start_epoch, global_step, run_id = [], None, 1, 0, None
+    history, best, start_epoch, start_step, global_step, run_id = [], None, 1, 0, 0, None
+    start_loss = 0.0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
         history, best, global_step, run_id = (checkpoint["history"], checkpoint["best"],
                                               checkpoint["global_step"], checkpoint["wandb_id"])
-        start_epoch = checkpoint["epoch"] + 1
-    os.makedirs(args.save_dir, exist_ok=True)
-    run = start_wandb(args, data, run_id)
+        start_epoch, start_step = checkpoint["epoch"] + 1, checkpoint.get("step", 0)
+        start_loss = checkpoint.get("epoch_loss_sum", 0.0) if ctx.is_main else 0.0  # summed over ranks once
+    trained = distributed.data_parallel(model, ctx)
+    run = None
+    if ctx.is_main:
+        os.makedirs(args.save_dir, exist_ok=True)
+        run = start_wandb(args, data, run_id)
     if run is not None:
         import wandb
     selection = "val" if data.val is not None else "test"
-    score = (lambda candidates: evaluate(model, candidates, args.topk)) if args.eval == "sampled" else \
-        (lambda candidates: evaluate_full(model, data, candidates, args.topk))
     k = args.topk
-    catalog = item_names(data.meta, range(data.num_items))
-    columns = ["epoch", "playlist", "rank", "song_id", "score"] + [f for f in catalog[0] if f != "id"]
+
+    def score(candidates):
+        """(HR@k, NDCG@k) over `candidates`, each rank ranking every world_size-th row."""
+        shard = dataloader.Candidates(candidates.users[ctx.rank::ctx.world_size],
+                                      candidates.items[ctx.rank::ctx.world_size])
+        ranks = sampled_ranks(model, shard) if args.eval == "sampled" else full_ranks(model, data, shard)
+        ranks = ctx.gather_rows(ranks)
+        return hit_ratio_from_ranks(ranks, k), ndcg_from_ranks(ranks, k)
+
+    catalog = item_names(data.meta, range(data.num_items)) if ctx.is_main else None
+    columns = ["epoch", "playlist", "rank", "song_id", "score"] + [f for f in catalog[0] if f != "id"] if ctx.is_main else []
     best_recommendations = checkpoint.get("recommendations", []) if checkpoint else []
 
-    for epoch in range(start_epoch, args.epochs + 1):
-        started = time.perf_counter()
-        loss, steps = train_epoch(model, optimizer, data, args, epoch, run, global_step)
-        train_seconds = time.perf_counter() - started
-        global_step += steps
-        if not math.isfinite(loss):
-            print(f"error: the training loss became {loss} in epoch {epoch}; stopping. The last good checkpoint is "
-                  f"{os.path.join(args.save_dir, 'last.pt')} (try a smaller --lr)", file=sys.stderr)
-            sys.exit(1)
-        started = time.perf_counter()
-        hr, ndcg = score(data.test)
-        val_hr, val_ndcg = score(data.val) if data.val is not None else (None, None)
-        eval_seconds = time.perf_counter() - started
-        samples = len(data.train_users) * (1 + args.num_neg)
-        record = {"epoch": epoch, "loss": loss, "hr": hr, "ndcg": ndcg, "train_seconds": train_seconds,
-                  "eval_seconds": eval_seconds, "samples_per_second": samples / train_seconds}
-        if data.val is not None:
-            record.update(val_hr=val_hr, val_ndcg=val_ndcg)
-        history.append(record)
-        print(f"epoch {epoch} loss {loss:.4f} HR@{k} {hr:.4f} NDCG@{k} {ndcg:.4f}"
-              + (f" (val HR@{k} {val_hr:.4f} NDCG@{k} {val_ndcg:.4f})" if data.val is not None else "")
-              + f" train {train_seconds:.1f}s eval {eval_seconds:.1f}s")
-        selected = val_ndcg if data.val is not None else ndcg
-        improved = best is None or selected > best["selected"]
-        recommendations = recommendation_rows(model, data, catalog, k)
-        if improved:
-            best = {"epoch": epoch, "hr": hr, "ndcg": ndcg, "selected": selected}
-            best_recommendations = recommendations
-        if run is not None:
-            logged = {"epoch": epoch, "epoch_loss": loss, f"test/hr@{k}": hr, f"test/ndcg@{k}": ndcg,
-                      "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                      "samples_per_second": record["samples_per_second"]}
-            if data.val is not None:
-                logged.update({f"val/hr@{k}": val_hr, f"val/ndcg@{k}": val_ndcg})
-            logged["recommendations"] = wandb.Table(columns=columns, data=[[epoch, *r] for r in recommendations])
-            run.log(logged, step=global_step)
-            run.summary.update({"best_epoch": best["epoch"], f"best/hr@{k}": best["hr"],
-                                f"best/ndcg@{k}": best["ndcg"]})
-        state = dict(config=vars(args), model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                     rng=torch.get_rng_state(), history=history, best=best, global_step=global_step,
-                     recommendations=best_recommendations, wandb_id=run.id if run is not None else None)
-        if improved:
-            save_checkpoint(os.path.join(args.save_dir, "best.pt"), **state)
-        save_checkpoint(os.path.join(args.save_dir, "last.pt"), **state)
-        if args.patience and epoch - best["epoch"] >= args.patience:
-            print(f"no better {selection} NDCG@{k} for {args.patience} epochs: stopping early")
-            break
+    def state(**position):
+        return dict(config=vars(args), model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    rng=torch.get_rng_state(), history=history, best=best, global_step=global_step,
+                    recommendations=best_recommendations, wandb_id=run.id if run is not None else None, **position)
 
-    results = {"best_epoch": best["epoch"], "hr": best["hr"], "ndcg": best["ndcg"], "selection": selection,
-               "protocol": args.eval, "history": history, "config": vars(args)}
-    with atomic_open(os.path.join(args.save_dir, "results.json")) as f:
-        json.dump(results, f, indent=1)
-    write_results_md(os.path.join(args.save_dir, "results.md"), args, history, best, selection, columns,
-                     best_recommendations)
+    last_path = os.path.join(args.save_dir, "last.pt")
+    with distributed.StopRequest(announce=ctx.is_main) as stop:
+        for epoch in range(start_epoch, args.epochs + 1):
+            started = time.perf_counter()
+            try:
+                loss_sum, steps, interrupted = train_epoch(trained, optimizer, data, args, ctx, epoch, stop, run,
+                                                           global_step, start_step, start_loss)
+            except Diverged as e:
+                stop_diverged(ctx, run, e.args[0], epoch, last_path)
+            train_seconds = time.perf_counter() - started
+            global_step += steps
+            if interrupted:
+                step = start_step + steps
+                if ctx.is_main:
+                    save_checkpoint(last_path, **state(epoch=epoch - 1, step=step, epoch_loss_sum=loss_sum))
+                stop_interrupted(ctx, run, stop, f"in epoch {epoch} after step {step}", last_path)
+            num_samples = len(data.train_users) * (1 + args.num_neg)
+            samples = num_samples - min(start_step * args.batch_size, num_samples)
+            start_step, start_loss = 0, 0.0
+            loss = loss_sum / num_samples
+            if not math.isfinite(loss):
+                stop_diverged(ctx, run, loss, epoch, last_path)
+            started = time.perf_counter()
+            hr, ndcg = score(data.test)
+            val_hr, val_ndcg = score(data.val) if data.val is not None else (None, None)
+            eval_seconds = time.perf_counter() - started
+            record = {"epoch": epoch, "loss": loss, "hr": hr, "ndcg": ndcg, "train_seconds": train_seconds,
+                      "eval_seconds": eval_seconds, "samples_per_second": samples / train_seconds}
+            if data.val is not None:
+                record.update(val_hr=val_hr, val_ndcg=val_ndcg)
+            history.append(record)
+            ctx.print(f"epoch {epoch} loss {loss:.4f} HR@{k} {hr:.4f} NDCG@{k} {ndcg:.4f}"
+                      + (f" (val HR@{k} {val_hr:.4f} NDCG@{k} {val_ndcg:.4f})" if data.val is not None else "")
+                      + f" train {train_seconds:.1f}s eval {eval_seconds:.1f}s")
+            selected = val_ndcg if data.val is not None else ndcg
+            improved = best is None or selected > best["selected"]
+            if improved:
+                best = {"epoch": epoch, "hr": hr, "ndcg": ndcg, "selected": selected}
+            if ctx.is_main:
+                recommendations = recommendation_rows(model, data, catalog, k)
+                if improved:
+                    best_recommendations = recommendations
+                if run is not None:
+                    logged = {"epoch": epoch, "epoch_loss": loss, f"test/hr@{k}": hr, f"test/ndcg@{k}": ndcg,
+                              "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                              "samples_per_second": record["samples_per_second"]}
+                    if data.val is not None:
+                        logged.update({f"val/hr@{k}": val_hr, f"val/ndcg@{k}": val_ndcg})
+                    logged["recommendations"] = wandb.Table(columns=columns,
+                                                            data=[[epoch, *r] for r in recommendations])
+                    run.log(logged, step=global_step)
+                    run.summary.update({"best_epoch": best["epoch"], f"best/hr@{k}": best["hr"],
+                                        f"best/ndcg@{k}": best["ndcg"]})
+                if improved:
+                    save_checkpoint(os.path.join(args.save_dir, "best.pt"), **state(epoch=epoch))
+                save_checkpoint(last_path, **state(epoch=epoch))
+            if ctx.sum([stop.signum is not None])[0] and epoch < args.epochs:
+                stop_interrupted(ctx, run, stop, f"after epoch {epoch}", last_path)
+            if args.patience and epoch - best["epoch"] >= args.patience:
+                ctx.print(f"no better {selection} NDCG@{k} for {args.patience} epochs: stopping early")
+                break
+
+    if ctx.is_main:
+        results = {"best_epoch": best["epoch"], "hr": best["hr"], "ndcg": best["ndcg"], "selection": selection,
+                   "protocol": args.eval, "history": history, "config": vars(args)}
+        with atomic_open(os.path.join(args.save_dir, "results.json")) as f:
+            json.dump(results, f, indent=1)
+        write_results_md(os.path.join(args.save_dir, "results.md"), args, history, best, selection, columns,
+                         best_recommendations)
+        if run is not None:
+            if args.log_model:
+                artifact = wandb.Artifact(f"{args.model}-{args.dataset}", type="model", metadata=results["config"])
+                artifact.add_file(os.path.join(args.save_dir, "best.pt"))
+                run.log_artifact(artifact)
+            run.finish()
+    ctx.print(f"best epoch {best['epoch']}: HR@{k} {best['hr']:.4f} NDCG@{k} {best['ndcg']:.4f}")
+
+
+def stop_interrupted(ctx, run, stop, where, last_path):
+    """End the run after Ctrl-C or SIGTERM, last.pt written, with the command that continues it."""
+    launcher = "torchrun ... main.py" if distributed.launched() else "python3 main.py"
+    ctx.print(f"stopped {where}: wrote {last_path}; continue with: {launcher} --resume {last_path}")
     if run is not None:
-        if args.log_model:
-            artifact = wandb.Artifact(f"{args.model}-{args.dataset}", type="model", metadata=results["config"])
-            artifact.add_file(os.path.join(args.save_dir, "best.pt"))
-            run.log_artifact(artifact)
-        run.finish()
-    print(f"best epoch {best['epoch']}: HR@{k} {best['hr']:.4f} NDCG@{k} {best['ndcg']:.4f}")
+        run.finish(exit_code=stop.exit_status)
+    sys.exit(stop.exit_status)
+
+
+def stop_diverged(ctx, run, loss, epoch, last_path):
+    """End the run (exit status 1) when the loss is no longer finite; last.pt keeps the last good epoch."""
+    kept = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else "no checkpoint was written"
+    if ctx.is_main:
+        print(f"error: the training loss became {loss} in epoch {epoch}; stopping. {kept.capitalize()} "
+              f"(try a smaller --lr)", file=sys.stderr, flush=True)
+    if run is not None:
+        run.finish(exit_code=1)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -57,18 +57,34 @@ def atomic_open(path, mode="w", **kwargs):
             yield f
 
 
-def resolve_device(gpu):
-    """torch.device for a --gpu value: a CUDA index, a comma-separated list (the first is used here), or 'cpu'.
-    Falls back to the CPU with a notice when CUDA is absent."""
-    import torch
+def gpu_indices(gpu):
+    """The CUDA indices of a --gpu value (an index or a comma-separated list like 2,3), or None for 'cpu'."""
     if gpu.strip().lower() == "cpu":
-        return torch.device("cpu")
+        return None
     indices = [x.strip() for x in gpu.split(",")]
     if not all(x.isdigit() for x in indices):
         fail(f"--gpu: expected a CUDA index, a list like 2,3, or cpu; got {gpu!r}")
-    if not torch.cuda.is_available():
-        print(f"note: --gpu {gpu} asked for CUDA, which is not available here: running on the CPU")
+    return [int(x) for x in indices]
+
+
+def resolve_device(gpu, local_rank=0, local_world_size=1):
+    """torch.device for a --gpu value, for the process at `local_rank` of `local_world_size` on this machine:
+    the list's entry at the local rank, or with one entry and several processes the GPU numbered by the local
+    rank (torchrun's convention). Falls back to the CPU with a notice when CUDA is absent."""
+    import torch
+    indices = gpu_indices(gpu)
+    if indices is None:
         return torch.device("cpu")
-    if int(indices[0]) >= torch.cuda.device_count():
-        fail(f"--gpu: CUDA device {indices[0]} does not exist ({torch.cuda.device_count()} visible)")
-    return torch.device(f"cuda:{indices[0]}")
+    if not torch.cuda.is_available():
+        if local_rank == 0:
+            print(f"note: --gpu {gpu} asked for CUDA, which is not available here: running on the CPU")
+        return torch.device("cpu")
+    if len(indices) == 1 and local_world_size > 1:
+        index = local_rank
+    elif local_rank < len(indices):
+        index = indices[local_rank]
+    else:
+        fail(f"--gpu {gpu}: {len(indices)} GPUs listed for {local_world_size} processes on this machine")
+    if index >= torch.cuda.device_count():
+        fail(f"--gpu: CUDA device {index} does not exist ({torch.cuda.device_count()} visible)")
+    return torch.device(f"cuda:{index}")

@@ -184,18 +184,18 @@ def test_validation_selects_the_epoch_without_reading_test_metrics(tmp_path, mon
     data_dir, name = write_split(tmp_path, val=True)
     calls = []
 
-    def fake_evaluate(model, candidates, k):
-        # The test metrics get worse every epoch and the validation metrics better: selection must follow val.
-        calls.append(candidates)  # each epoch scores the test candidates, then the validation ones
+    def fake_ranks(model, candidates):
+        # The test ranks get worse every epoch and the validation ranks better: selection must follow val.
+        calls.append(candidates)  # each epoch ranks the test candidates, then the validation ones
         epoch = (len(calls) + 1) // 2
-        return (1 / epoch, 1 / epoch) if len(calls) % 2 else (epoch / 10, epoch / 10)
+        return torch.full((len(candidates.users),), epoch - 1 if len(calls) % 2 else 9 - epoch)
 
-    monkeypatch.setattr(main, "evaluate", fake_evaluate)
+    monkeypatch.setattr(main, "sampled_ranks", fake_ranks)
     save_dir = str(tmp_path / "run")
     monkeypatch.setattr(sys, "argv", ["main.py", "--data_dir", data_dir, "--dataset", name, *TINY[2:],
                                       "--epochs", "3", "--save_dir", save_dir])
     main.main()
     summary = results(save_dir)
     assert summary["selection"] == "val"
-    assert [r["val_ndcg"] for r in summary["history"]] == [0.1, 0.2, 0.3]
-    assert summary["best_epoch"] == 3 and summary["ndcg"] == 1 / 3  # test NDCG at the val-chosen epoch
+    assert [r["val_ndcg"] for r in summary["history"]] == pytest.approx([1 / math.log2(rank + 2) for rank in (8, 7, 6)])
+    assert summary["best_epoch"] == 3 and summary["ndcg"] == pytest.approx(0.5)  # test NDCG at the val-chosen epoch

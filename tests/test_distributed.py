@@ -1,0 +1,170 @@
+"""Distributed training (torchrun, gloo on the CPU, 2 ranks) and faults: SIGINT, SIGKILL, torchrun restarts, NaN."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import dataloader
+import distributed
+import main
+from conftest import REPO, write_split
+
+FLAGS = ["--dataset", "tiny", "--batch_size", "32", "--lr", "0.01", "--gpu", "cpu", "--epochs", "3"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def start(command, **kwargs):
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, WANDB_MODE="offline"), **kwargs)
+
+
+def finish(process, status=0):
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == status, out
+    return out
+
+
+def results(save_dir):
+    with open(os.path.join(save_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def metrics(save_dir):
+    return [(r["epoch"], r["hr"], r["ndcg"]) for r in results(save_dir)["history"]]
+
+
+def wait_for_epoch(path, epoch, process):
+    """Wait until the checkpoint at `path` has finished `epoch` (the run is then inside the next epoch)."""
+    while not (os.path.exists(path) and torch.load(path, weights_only=True)["epoch"] >= epoch):
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("data")
+    write_split(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(data_dir, tmp_path_factory):
+    """An uninterrupted 2-rank run, logged to wandb offline: (save_dir, its output)."""
+    save_dir = str(tmp_path_factory.mktemp("two_ranks"))
+    out = finish(start([*TORCHRUN, "main.py", "--data_dir", data_dir, *FLAGS, "--wandb", "offline",
+                        "--save_dir", save_dir]))
+    return save_dir, out
+
+
+def test_shards_are_disjoint_balanced_and_cover_each_batch(data_dir):
+    data = dataloader.load(data_dir, "tiny")
+    users, items, labels = dataloader.epoch_samples(data, 4, seed=1, epoch=1)
+    index = torch.arange(len(users))
+    batch_size, world_size = 1000, 3
+    shards = [list(dataloader.batches([index, labels], batch_size, rank, world_size)) for rank in range(world_size)]
+    for step, batch in enumerate(dataloader.batches([index], batch_size)):
+        parts = [shards[rank][step][0] for rank in range(world_size)]
+        assert sorted(torch.cat(parts).tolist()) == batch[0].tolist()  # disjoint and covering the batch
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    for rank in range(world_size):
+        rank_labels = torch.cat([labels for _, labels in shards[rank]])
+        assert abs(rank_labels.mean().item() - 0.2) < 0.02  # 1 positive in 5 on every rank, not all on one
+    resumed = list(dataloader.batches([index], batch_size, 1, world_size, start=2))
+    assert [b[0].tolist() for b in resumed] == [s[0].tolist() for s in shards[1][2:]]
+
+
+def test_two_ranks_match_one_rank_and_repeat_exactly(data_dir, two_ranks, tmp_path):
+    save_dir, out = two_ranks
+    assert "2 processes" in out and out.count("epoch 1 loss") == 1  # only rank 0 prints
+    assert out.strip().splitlines()[-1].startswith("best epoch")
+    one = str(tmp_path / "one")
+    finish(start([sys.executable, "main.py", "--data_dir", data_dir, *FLAGS, "--wandb", "disabled",
+                  "--save_dir", one]))
+    for (_, hr2, ndcg2), (_, hr1, ndcg1) in zip(metrics(save_dir), metrics(one)):
+        assert abs(hr2 - hr1) <= 0.01 and abs(ndcg2 - ndcg1) <= 0.01
+    assert results(save_dir)["hr"] > 0.6  # it learns (random: 0.2)
+    again = str(tmp_path / "again")
+    finish(start([*TORCHRUN, "main.py", "--data_dir", data_dir, *FLAGS, "--wandb", "disabled", "--save_dir", again]))
+    assert [(r["loss"], r["hr"], r["ndcg"]) for r in results(again)["history"]] == \
+        [(r["loss"], r["hr"], r["ndcg"]) for r in results(save_dir)["history"]]
+    written = {os.path.relpath(p, save_dir) for p in glob.glob(os.path.join(save_dir, "**"), recursive=True)}
+    assert {"results.json", "best.pt", "last.pt"} <= written
+    assert len(glob.glob(os.path.join(save_dir, "wandb", "offline-run-*"))) == 1
+
+
+def test_spawn_runs_the_same_two_ranks(data_dir, two_ranks, tmp_path):
+    """main.py's own launcher (used for --gpu 2,3 without torchrun) on CPU ranks: the same run as torchrun's."""
+    save_dir = str(tmp_path / "spawned")
+    status = distributed.spawn(main.main, ["--data_dir", data_dir, *FLAGS, "--wandb", "disabled",
+                                           "--save_dir", save_dir], 2)
+    assert status == 0
+    assert metrics(save_dir) == metrics(two_ranks[0])
+
+
+def interrupted_run(data_dir, tmp_path):
+    """(save_dir of an uninterrupted 1-rank run, save_dir and process of the same run now inside epoch 2)."""
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    flags = [sys.executable, "main.py", "--data_dir", data_dir, *FLAGS, "--batch_size", "16", "--wandb", "disabled"]
+    finish(start([*flags, "--save_dir", whole]))
+    process = start([*flags, "--save_dir", part])
+    wait_for_epoch(os.path.join(part, "last.pt"), 1, process)
+    time.sleep(0.3)
+    return whole, part, process
+
+
+def test_sigint_saves_a_resumable_last_pt(data_dir, tmp_path):
+    whole, part, process = interrupted_run(data_dir, tmp_path)
+    process.send_signal(signal.SIGINT)
+    out = finish(process, 128 + signal.SIGINT)
+    assert "Traceback" not in out and f"--resume {os.path.join(part, 'last.pt')}" in out
+    checkpoint = torch.load(os.path.join(part, "last.pt"), weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["step"] > 0  # stopped inside epoch 2, after a whole step
+    assert not os.path.exists(os.path.join(part, "results.json"))
+    finish(start([sys.executable, "main.py", "--resume", os.path.join(part, "last.pt")]))
+    assert [(r["loss"], r["hr"], r["ndcg"]) for r in results(part)["history"]] == \
+        [(r["loss"], r["hr"], r["ndcg"]) for r in results(whole)["history"]]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
+    whole, part, process = interrupted_run(data_dir, tmp_path)
+    process.kill()
+    process.wait()
+    assert torch.load(os.path.join(part, "last.pt"), weights_only=True)["epoch"] in (1, 2)  # complete, loadable
+    finish(start([sys.executable, "main.py", "--resume", os.path.join(part, "last.pt")]))
+    assert metrics(part) == metrics(whole)
+
+
+def test_torchrun_restart_resumes_from_last_pt(data_dir, two_ranks, tmp_path):
+    save_dir = str(tmp_path / "restarted")
+    process = start([*TORCHRUN, "--max_restarts", "1", "main.py", "--data_dir", data_dir, *FLAGS,
+                     "--wandb", "disabled", "--save_dir", save_dir])
+    wait_for_epoch(os.path.join(save_dir, "last.pt"), 1, process)
+    workers = subprocess.run(["ps", "--ppid", str(process.pid), "-o", "pid="], capture_output=True, text=True)
+    os.kill(int(workers.stdout.split()[0]), signal.SIGKILL)
+    out = finish(process)
+    assert "restarted: resuming" in out
+    assert metrics(save_dir) == metrics(two_ranks[0])
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
+    epoch_samples = dataloader.epoch_samples
+
+    def poisoned(data, num_neg, seed, epoch):
+        users, items, labels = epoch_samples(data, num_neg, seed, epoch)
+        return users, items, labels * float("nan") if epoch == 3 else labels
+
+    monkeypatch.setattr(dataloader, "epoch_samples", poisoned)
+    save_dir = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as stopped:
+        main.main(["--data_dir", data_dir, *FLAGS, "--wandb", "disabled", "--save_dir", save_dir])
+    assert stopped.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "loss became nan in epoch 3" in error and os.path.join(save_dir, "last.pt") in error
+    assert torch.load(os.path.join(save_dir, "last.pt"), weights_only=True)["epoch"] == 2
+    assert not os.path.exists(os.path.join(save_dir, "results.json"))
