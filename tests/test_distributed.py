@@ -15,7 +15,7 @@ import distributed
 import main
 from conftest import REPO, write_split
 
-FLAGS = ["--dataset", "tiny", "--batch_size", "32", "--lr", "0.01", "--gpu", "cpu", "--epochs", "3"]
+FLAGS = ["--dataset", "tiny", "--batch_size", "128", "--lr", "0.01", "--gpu", "cpu", "--epochs", "3"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
@@ -98,6 +98,15 @@ def test_two_ranks_match_one_rank_and_repeat_exactly(data_dir, two_ranks, tmp_pa
     assert len(glob.glob(os.path.join(save_dir, "wandb", "offline-run-*"))) == 1
 
 
+def test_uneven_and_empty_shards(data_dir, tmp_path):
+    """14,000 samples an epoch in global batches of 13,999: the last batch has one sample, rank 1 none."""
+    flags = ["--data_dir", data_dir, *FLAGS, "--batch_size", "13999", "--epochs", "2", "--wandb", "disabled"]
+    finish(start([*TORCHRUN, "main.py", *flags, "--save_dir", str(tmp_path / "two")]))
+    finish(start([sys.executable, "main.py", *flags, "--save_dir", str(tmp_path / "one")]))
+    assert [(e, round(hr, 6), round(ndcg, 6)) for e, hr, ndcg in metrics(str(tmp_path / "two"))] == \
+        [(e, round(hr, 6), round(ndcg, 6)) for e, hr, ndcg in metrics(str(tmp_path / "one"))]
+
+
 def test_spawn_runs_the_same_two_ranks(data_dir, two_ranks, tmp_path):
     """main.py's own launcher (used for --gpu 2,3 without torchrun) on CPU ranks: the same run as torchrun's."""
     save_dir = str(tmp_path / "spawned")
@@ -107,19 +116,28 @@ def test_spawn_runs_the_same_two_ranks(data_dir, two_ranks, tmp_path):
     assert metrics(save_dir) == metrics(two_ranks[0])
 
 
+SMALL_BATCHES = [sys.executable, "main.py", *FLAGS, "--batch_size", "16", "--wandb", "disabled"]  # long epochs
+
+
+@pytest.fixture(scope="module")
+def whole(data_dir, tmp_path_factory):
+    """save_dir of an uninterrupted 1-rank run with SMALL_BATCHES."""
+    save_dir = str(tmp_path_factory.mktemp("whole"))
+    finish(start([*SMALL_BATCHES, "--data_dir", data_dir, "--save_dir", save_dir]))
+    return save_dir
+
+
 def interrupted_run(data_dir, tmp_path):
-    """(save_dir of an uninterrupted 1-rank run, save_dir and process of the same run now inside epoch 2)."""
-    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
-    flags = [sys.executable, "main.py", "--data_dir", data_dir, *FLAGS, "--batch_size", "16", "--wandb", "disabled"]
-    finish(start([*flags, "--save_dir", whole]))
-    process = start([*flags, "--save_dir", part])
+    """(save_dir, process) of the run `whole` made, started again and now inside epoch 2."""
+    part = str(tmp_path / "part")
+    process = start([*SMALL_BATCHES, "--data_dir", data_dir, "--save_dir", part])
     wait_for_epoch(os.path.join(part, "last.pt"), 1, process)
     time.sleep(0.3)
-    return whole, part, process
+    return part, process
 
 
-def test_sigint_saves_a_resumable_last_pt(data_dir, tmp_path):
-    whole, part, process = interrupted_run(data_dir, tmp_path)
+def test_sigint_saves_a_resumable_last_pt(data_dir, whole, tmp_path):
+    part, process = interrupted_run(data_dir, tmp_path)
     process.send_signal(signal.SIGINT)
     out = finish(process, 128 + signal.SIGINT)
     assert "Traceback" not in out and f"--resume {os.path.join(part, 'last.pt')}" in out
@@ -131,8 +149,8 @@ def test_sigint_saves_a_resumable_last_pt(data_dir, tmp_path):
         [(r["loss"], r["hr"], r["ndcg"]) for r in results(whole)["history"]]
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
-    whole, part, process = interrupted_run(data_dir, tmp_path)
+def test_sigkill_then_resume_matches_an_uninterrupted_run(data_dir, whole, tmp_path):
+    part, process = interrupted_run(data_dir, tmp_path)
     process.kill()
     process.wait()
     assert torch.load(os.path.join(part, "last.pt"), weights_only=True)["epoch"] in (1, 2)  # complete, loadable
