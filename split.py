@@ -46,6 +46,9 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
         name = os.path.basename(os.path.dirname(path)) if melon else os.path.splitext(os.path.basename(path))[0]
 
     data = load_melon(input_path) if melon else load_delimited(input_path)
+    if verbose and test_item == "latest" and not data.get("timestamps", True):
+        print(f"note: {input_path} has no timestamps, so each user's held-out item is its last line; if the file "
+              f"is sorted by item (as Last.fm's user_artists.dat is, by artist id), use --test_item random")
     rows, user, item, user_ids, item_ids, stats = filter_counts(data, min_item_count, min_user_items)
     if len(rows) == 0:
         raise InputError(f"no {'playlists' if melon else 'users'} left after filtering {input_path} "
@@ -267,7 +270,7 @@ def load_delimited(path):
              "duplicates_removed": int((~keep).sum()), "dropped_bad_date_songs": 0, "dropped_bad_date_interactions": 0,
              "dropped_unknown_songs": 0, "dropped_unknown_interactions": 0}
     return {"user": user[keep], "item": item[keep], "user_ids": np.asarray(user_ids), "item_ids": np.asarray(item_ids),
-            "rating": rating[keep], "time": stamp[keep], "stats": stats}
+            "rating": rating[keep], "time": stamp[keep], "stats": stats, "timestamps": ncols == 4}
 
 
 def as_ids(tokens):

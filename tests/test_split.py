@@ -271,6 +271,18 @@ def test_delimited_two_columns_integer_ids(tmp_path):
     assert s["train"].tolist() == [[0, 0, 1, 0], [0, 1, 1, 1], [1, 0, 1, 2], [1, 2, 1, 3]]
 
 
+def test_a_file_without_timestamps_gets_a_note(tmp_path, capsys):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("1\t7\n1\t3\n2\t7\n2\t9\n")
+    split(str(path), str(tmp_path / "out"), num_test_neg=1)
+    assert "has no timestamps" in capsys.readouterr().out
+    split(str(path), str(tmp_path / "out"), num_test_neg=1, test_item="random")
+    assert "has no timestamps" not in capsys.readouterr().out
+    path.write_text("1\t7\t1\t5\n1\t3\t1\t4\n2\t7\t1\t5\n2\t9\t1\t6\n")
+    split(str(path), str(tmp_path / "out"), num_test_neg=1)
+    assert "has no timestamps" not in capsys.readouterr().out
+
+
 def test_lastfm(tmp_path):
     if not os.path.isdir(os.path.dirname(LASTFM)):
         pytest.skip("../shared/data/lastfm-hetrec2011 is absent")
