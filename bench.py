@@ -74,7 +74,7 @@ def bench():
 
     _, figures["sampling_seconds"] = timed(device, lambda: dataloader.epoch_samples(data, args.num_neg, args.seed, 0))
     (loss_sum, steps, _), figures["epoch_seconds"] = timed(
-        device, lambda: main.train_epoch(model, optimizer, data, args, distributed.Context(0, 1, 0, device), 1))
+        device, lambda: main.train_epoch(model, optimizer, data, args, distributed.Context(0, 1, device), 1))
     figures["samples_per_second"] = samples / figures["epoch_seconds"]
     figures["training_samples_per_second"] = samples / (figures["epoch_seconds"] - figures["sampling_seconds"])
     figures["peak_rss_gib_after_training"] = peak_rss_gib()

@@ -22,7 +22,6 @@ from utils import resolve_device, run_cli
 class Context:
     rank: int
     world_size: int
-    local_rank: int
     device: torch.device
 
     @property
@@ -67,11 +66,6 @@ class Context:
         dist.broadcast_object_list(holder, src=0, device=self.device)
         return holder[0]
 
-    def barrier(self):
-        if self.world_size > 1:
-            dist.barrier()
-
-
 def data_parallel(model, ctx):
     """`model` for training on every rank of `ctx`, all starting from rank 0's weights: DistributedDataParallel
     all-reduces the dense gradients; the embeddings with sparse gradients are left out of it, and a hook
@@ -100,7 +94,7 @@ def setup(gpu):
     gloo on the CPU). The device of a rank is the --gpu entry at its local rank; one entry (or 0, the
     default) with several processes per node means torchrun's convention, GPU = local rank."""
     if not launched():
-        return Context(0, 1, 0, resolve_device(gpu))
+        return Context(0, 1, resolve_device(gpu))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = resolve_device(gpu, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if not dist.is_initialized():
@@ -113,7 +107,7 @@ def setup(gpu):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size,
                                 store=dist.PrefixStore(f"attempt_{attempt}/", store),
                                 device_id=device if device.type == "cuda" else None)
-    return Context(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    return Context(dist.get_rank(), dist.get_world_size(), device)
 
 
 def teardown():

@@ -207,9 +207,10 @@ class Diverged(Exception):
 def train_epoch(model, optimizer, data, args, ctx, epoch, stop=None, run=None, global_step=0, start_step=0,
                 start_loss=0.0):
     """One pass over the epoch's positives and fresh negatives, from its batch `start_step` on (0 unless resuming
-    mid-epoch, with `start_loss` the loss summed over the batches before it). Each global batch of --batch_size samples is dealt out across the ranks, and each rank's loss is
-    weighted so that the all-reduced gradient is the gradient of the global batch's mean loss. Every --log_every
-    steps the ranks agree on the loss and on any stop request (stop: a distributed.StopRequest).
+    mid-epoch, with `start_loss` the loss summed over the batches before it). Each global batch of --batch_size
+    samples is dealt out across the ranks, and each rank's loss is weighted so that the all-reduced gradient is
+    the gradient of the global batch's mean loss. Every --log_every steps the ranks agree on the loss and on any
+    stop request (stop: a distributed.StopRequest).
     Returns (sum of the losses of the samples trained, over all ranks; steps taken; whether a stop request
     ended the epoch early). Raises Diverged when the loss is no longer finite."""
     users, items, labels = dataloader.epoch_samples(data, args.num_neg, args.seed, epoch)
@@ -244,9 +245,11 @@ def train_epoch(model, optimizer, data, args, ctx, epoch, stop=None, run=None, g
                 raise Diverged(mean)
             done = min(step * args.batch_size, num_samples)
             if run is not None:
-                run.log({"train/loss": mean, "epoch": epoch - 1 + done / num_samples}, step=global_step + step - start_step)
+                run.log({"train/loss": mean, "epoch": epoch - 1 + done / num_samples},
+                        step=global_step + step - start_step)
             bar.update(done - bar.n)
-            bar.set_postfix(loss=f"{mean:.4f}", samples_per_s=f"{(done - first) / (time.perf_counter() - started):,.0f}")
+            speed = (done - first) / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{mean:.4f}", samples_per_s=f"{speed:,.0f}")
             if stops:
                 bar.close()
                 return ctx.sum([loss_sum.item()])[0], step - start_step, True
@@ -275,9 +278,8 @@ def run_stages(args, ctx, given):
         overrides = {flag: getattr(args, flag) for flag in RESUMABLE_FLAGS if flag in given or flag == "resume"}
         args.__dict__.update(checkpoint["config"])
         args.__dict__.update(overrides)
-        ctx.print(f"resuming {args.resume} after epoch {checkpoint['epoch']}"
-                  + (f" and {checkpoint['step']} steps of epoch {checkpoint['epoch'] + 1}" if checkpoint.get("step") else "")
-                  + " with its configuration")
+        within = f" and {checkpoint['step']} steps of epoch {checkpoint['epoch'] + 1}" if checkpoint.get("step") else ""
+        ctx.print(f"resuming {args.resume} after epoch {checkpoint['epoch']}{within} with its configuration")
     if args.dataset is None:
         args.dataset = ctx.broadcast(default_dataset(args.data_dir) if ctx.is_main else None)
     args.save_dir = args.save_dir or os.path.join("runs", args.dataset)
@@ -370,8 +372,10 @@ def train(args, ctx, checkpoint=None):
         ranks = ctx.gather_rows(ranks)
         return hit_ratio_from_ranks(ranks, k), ndcg_from_ranks(ranks, k)
 
-    catalog = item_names(data.meta, range(data.num_items)) if ctx.is_main else None
-    columns = ["epoch", "playlist", "rank", "song_id", "score"] + [f for f in catalog[0] if f != "id"] if ctx.is_main else []
+    catalog, columns = None, []
+    if ctx.is_main:  # names for the recommendation tables, which only rank 0 writes
+        catalog = item_names(data.meta, range(data.num_items))
+        columns = ["epoch", "playlist", "rank", "song_id", "score"] + [f for f in catalog[0] if f != "id"]
     best_recommendations = checkpoint.get("recommendations", []) if checkpoint else []
 
     def state(**position):
