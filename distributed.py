@@ -8,7 +8,6 @@ and draws the same shuffled epoch (the generator depends on (seed, epoch) only);
 """
 import os
 import signal
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -120,18 +119,14 @@ def restarted():
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(main, argv, nprocs):
     """Run main(argv) in `nprocs` local processes, ranks 0..nprocs-1 of one group, as torchrun would start
     them; returns the exit status (the first failing rank's, 0 if all succeeded). Ctrl-C reaches the ranks
     from the terminal; a SIGTERM sent to this process is passed on to them."""
+    # Like torchrun's agent, this process hosts the group's store, so that it outlives every rank.
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     env = {"WORLD_SIZE": str(nprocs), "LOCAL_WORLD_SIZE": str(nprocs), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}
+           "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
     context = mp.start_processes(run_rank, args=(main, argv, env), nprocs=nprocs, join=False, start_method="spawn")
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.SIG_IGN)
