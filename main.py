@@ -65,7 +65,8 @@ def build_parser():
                    help="train GMF, then MLP, then NeuMF initialised from both (SAVE_DIR/gmf, SAVE_DIR/mlp, SAVE_DIR)")
     p.add_argument("--pretrain_gmf", default=None, help="GMF checkpoint to initialise NeuMF from")
     p.add_argument("--pretrain_mlp", default=None, help="MLP checkpoint to initialise NeuMF from")
-    p.add_argument("--save_dir", default=None, help="where results.json and checkpoints go (default: runs/DATASET)")
+    p.add_argument("--save_dir", default=None, help="where results.json and checkpoints go (default: runs/DATASET; "
+                   "runs/DATASET/sweep-ID/RUN_ID under a wandb sweep agent)")
     p.add_argument("--resume", default=None, help="last.pt to continue from (its configuration is used)")
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
                    help="auto: online when wandb credentials exist, offline otherwise")
@@ -282,7 +283,7 @@ def run_stages(args, ctx, given):
         ctx.print(f"resuming {args.resume} after epoch {checkpoint['epoch']}{within} with its configuration")
     if args.dataset is None:
         args.dataset = ctx.broadcast(default_dataset(args.data_dir) if ctx.is_main else None)
-    args.save_dir = args.save_dir or os.path.join("runs", args.dataset)
+    args.save_dir = args.save_dir or default_save_dir(args.dataset)
     if args.pretrain:
         save_dir = args.save_dir
         for stage in ("gmf", "mlp"):
@@ -294,6 +295,13 @@ def run_stages(args, ctx, given):
                                          pretrain_gmf=os.path.join(save_dir, "gmf", "best.pt"),
                                          pretrain_mlp=os.path.join(save_dir, "mlp", "best.pt")))
     train(args, ctx, checkpoint)
+
+
+def default_save_dir(dataset):
+    """runs/DATASET; under a wandb sweep agent runs/DATASET/sweep-SWEEP_ID/RUN_ID, so that the runs of a sweep,
+    and agents sharing a machine, do not overwrite each other's checkpoints."""
+    sweep, run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    return os.path.join("runs", dataset, f"sweep-{sweep}", run) if sweep and run else os.path.join("runs", dataset)
 
 
 def same_run(config, args):

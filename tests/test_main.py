@@ -199,3 +199,16 @@ def test_validation_selects_the_epoch_without_reading_test_metrics(tmp_path, mon
     assert summary["selection"] == "val"
     assert [r["val_ndcg"] for r in summary["history"]] == pytest.approx([1 / math.log2(rank + 2) for rank in (8, 7, 6)])
     assert summary["best_epoch"] == 3 and summary["ndcg"] == pytest.approx(0.5)  # test NDCG at the val-chosen epoch
+
+
+def test_each_sweep_run_gets_its_own_save_dir(tiny_split, tmp_path, monkeypatch):
+    """Under a wandb sweep agent (WANDB_SWEEP_ID and WANDB_RUN_ID set), the default save_dir is one per run."""
+    data_dir, _ = tiny_split
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
+    for run_id, num_neg in (("run1", "1"), ("run2", "2")):
+        monkeypatch.setenv("WANDB_RUN_ID", run_id)
+        main.main(["--data_dir", data_dir, *TINY, "--epochs", "1", "--num_neg", num_neg])
+    for run_id, num_neg in (("run1", 1), ("run2", 2)):
+        assert results(os.path.join("runs", "tiny", "sweep-sw1", run_id))["config"]["num_neg"] == num_neg
+    assert not os.path.exists(os.path.join("runs", "tiny", "results.json"))
