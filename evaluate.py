@@ -8,7 +8,6 @@ The functions take a model in memory: evaluate / evaluate_full (HR@K, NDCG@K in 
 items a user has no interaction with), similar_items (nearest items in the learned embeddings), item_names
 (original ids and names of items) and playlist_title.
 """
-import json
 import os
 import pickle
 import unicodedata
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 import dataloader
 from metrics import full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
 from model import NCF
+from split import MISSING, read_json
 from utils import InputError, Parser, resolve_device, run_cli
 
 
@@ -116,17 +116,13 @@ def similar_items(model, item, k=10):
 
 
 def read_records(path, ids, keys):
-    """{id: {key: value}} for the records of the JSON list `path` whose "id" is in `ids`, each with `keys` only;
-    the other records are dropped as they are parsed, so a large file costs little memory."""
-    def keep(record):
-        return {key: record.get(key) for key in keys} if record.get("id") in ids else None
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            records = json.load(f, object_hook=keep)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read JSON: {e}") from None
-    return {r["id"]: r for r in records if isinstance(r, dict)} if isinstance(records, list) else {}
+    """{id: {key: value (None where absent)}} for the records of the JSON list `path` whose "id" is in `ids`
+    (`keys` includes "id"); the other records are dropped as they are parsed, so a large file costs little memory."""
+    records = read_json(path, keys, where=lambda record: record.get("id") in ids)
+    found = [dict(zip(keys, record)) for record in records if isinstance(record, tuple)] \
+        if isinstance(records, list) else []
+    return {fields["id"]: {key: None if value is MISSING else value for key, value in fields.items()}
+            for fields in found}
 
 
 def read_artists(path, ids):

@@ -124,11 +124,15 @@ def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed,
         raise InputError(f"--name must be a plain file name (got {name!r})")
 
 
-def read_json(path, keys):
-    """json.load `path`, keeping only `keys` of each object (as a tuple, MISSING where absent) to save memory."""
+def read_json(path, keys, where=None):
+    """json.load `path`, keeping only `keys` of each object (as a tuple, MISSING where absent) to save memory;
+    with `where`, an object for which where(object) is false becomes None."""
+    def keep(record):
+        return tuple(record.get(k, MISSING) for k in keys) if where is None or where(record) else None
+
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f, object_hook=lambda d: tuple(d.get(k, MISSING) for k in keys))
+            return json.load(f, object_hook=keep)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
