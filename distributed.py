@@ -6,8 +6,11 @@ and draws the same shuffled epoch (the generator depends on (seed, epoch) only);
 --batch_size samples is dealt out across the ranks, so a 2-rank run takes the same optimizer steps as a
 1-rank run at the same --batch_size.
 """
+import multiprocessing.util
 import os
 import signal
+import sys
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -144,7 +147,32 @@ def spawn(main, argv, nprocs):
 
 def run_rank(rank, main, argv, env):
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
-    run_cli(lambda: main(argv))
+    run_process(lambda: main(argv))
+
+
+def run_process(main):
+    """run_cli(main), then exit. A rank of a process group leaves with os._exit, once its output is flushed,
+    skipping interpreter shutdown: DistributedDataParallel keeps the gloo process group and its threads alive
+    past destroy_process_group, and a gloo thread that releases the last collective's tensors while Python shuts
+    down aborts the process ("terminate called without an active exception", exit status 134)."""
+    if not launched():
+        return run_cli(main)
+    try:
+        run_cli(main)
+        status = 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        status = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    except KeyboardInterrupt:
+        status = 128 + signal.SIGINT
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    multiprocessing.util._exit_function()  # what a spawned process does on its way out: finalizers, flushes
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 class StopRequest:

@@ -23,7 +23,7 @@ from evaluate import full_ranks, item_names, load_checkpoint, recommend, sampled
 from metrics import hit_ratio_from_ranks, ndcg_from_ranks
 from model import MODELS, NCF, load_pretrained
 from optim import LazyAdam
-from utils import Parser, atomic_open, atomic_path, gpu_indices, run_cli
+from utils import Parser, atomic_open, atomic_path, gpu_indices
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
               "rmsprop": torch.optim.RMSprop}
@@ -490,4 +490,4 @@ def stop_diverged(ctx, run, loss, epoch, last_path):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    distributed.run_process(main)
