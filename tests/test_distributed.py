@@ -116,6 +116,21 @@ def test_spawn_runs_the_same_two_ranks(data_dir, two_ranks, tmp_path):
     assert metrics(save_dir) == metrics(two_ranks[0])
 
 
+@pytest.mark.parametrize("body, status, stdout, stderr", [
+    ("print('done', end='')", 0, "done", ""),  # buffered output still reaches the pipe
+    ("print('stopping'); sys.exit(130)", 130, "stopping\n", ""),
+    ("raise utils.InputError('bad.json: line 3')", 2, "", "error: bad.json: line 3\n"),
+    ("raise RuntimeError('boom')", 1, "", "RuntimeError: boom"),
+])
+def test_a_rank_exits_with_its_status_and_output(body, status, stdout, stderr):
+    """run_process ends a rank with os._exit: the exit status, the output and the one-line errors must survive."""
+    code = f"import sys, distributed, utils\ndef main():\n    {body}\ndistributed.run_process(main)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, RANK="0", WORLD_SIZE="1"))
+    assert (done.returncode, done.stdout) == (status, stdout)
+    assert done.stderr == stderr if status != 1 else stderr in done.stderr and "Traceback" in done.stderr
+
+
 SMALL_BATCHES = [sys.executable, "main.py", *FLAGS, "--batch_size", "16", "--wandb", "disabled"]  # long epochs
 
 
