@@ -54,11 +54,26 @@ class Context:
         dist.all_gather(gathered, padded)
         return torch.cat([g[:n] for g, n in zip(gathered, lengths)])
 
-    def mean_sparse(self, grad):
-        """The mean over ranks of a sparse gradient (uncoalesced: every rank's rows, each divided by the ranks)."""
-        indices = self.gather_rows(grad._indices().t())
-        values = self.gather_rows(grad._values()) / self.world_size
-        return torch.sparse_coo_tensor(indices.t(), values, grad.shape, check_invariants=False)
+    def mean_sparse(self, grad, max_rows):
+        """The mean over ranks of a sparse gradient of at most `max_rows` rows on every rank (uncoalesced: every
+        rank's rows, each divided by the ranks). One all-gather: each rank sends its row count, index and value
+        bytes, padded to `max_rows` rows."""
+        dense_strides = torch.contiguous_format  # .contiguous() keeps a one-row tensor's odd strides
+        indices = grad._indices().flatten().clone(memory_format=dense_strides)
+        values = grad._values().clone(memory_format=dense_strides)
+        if len(values) > max_rows:
+            raise RuntimeError(f"a sparse gradient has {len(values)} rows, more than the {max_rows} expected")
+        rows = torch.cat([indices.view(torch.uint8).view(-1, 8), values.flatten(1).view(torch.uint8)], dim=1)
+        packed = rows.new_zeros((1 + max_rows, rows.shape[1]))
+        packed[0, :8] = torch.tensor([len(rows)], dtype=torch.int64, device=rows.device).view(torch.uint8)
+        packed[1:1 + len(rows)] = rows
+        gathered = [torch.empty_like(packed) for _ in range(self.world_size)]
+        dist.all_gather(gathered, packed)
+        counts = torch.stack([g[0, :8] for g in gathered]).view(torch.int64).flatten().tolist()
+        rows = torch.cat([g[1:1 + n] for g, n in zip(gathered, counts)])
+        indices = rows[:, :8].contiguous().view(torch.int64).t()
+        values = rows[:, 8:].contiguous().view(values.dtype).view(-1, *values.shape[1:]) / self.world_size
+        return torch.sparse_coo_tensor(indices, values, grad.shape, check_invariants=False)
 
     def broadcast(self, value):
         """Rank 0's `value` (any picklable object, e.g. a checkpoint) on every rank."""
@@ -68,20 +83,23 @@ class Context:
         dist.broadcast_object_list(holder, src=0, device=self.device)
         return holder[0]
 
-def data_parallel(model, ctx):
-    """`model` for training on every rank of `ctx`, all starting from rank 0's weights: DistributedDataParallel
-    all-reduces the dense gradients; the embeddings with sparse gradients are left out of it, and a hook
-    replaces each of their gradients by the mean over ranks, gathering every rank's rows. (Gloo's sparse
-    all-reduce, which DDP would use, crashes intermittently when ranks' gradients differ in size, and NCCL has
-    none; with the rows gathered, lazy Adam works on both.)"""
+
+def data_parallel(model, ctx, batch_size):
+    """`model` for training on every rank of `ctx` with global batches of `batch_size`, all starting from rank 0's
+    weights: DistributedDataParallel all-reduces the dense gradients; the embeddings with sparse gradients are
+    left out of it, and a hook replaces each of their gradients by the mean over ranks, gathering every rank's
+    rows (one row per sample of the rank's shard). (Gloo's sparse all-reduce, which DDP would use, crashes
+    intermittently when ranks' gradients differ in size, and NCCL has none; with the rows gathered, lazy Adam
+    works on both.)"""
     if ctx.world_size == 1:
         return model
     sparse = {f"{name}.weight": module.weight for name, module in model.named_modules()
               if isinstance(module, torch.nn.Embedding) and module.sparse}
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(sparse))
+    max_rows = -(-batch_size // ctx.world_size)  # the largest shard of a global batch
     for weight in sparse.values():
         dist.broadcast(weight.data, src=0)
-        weight.register_post_accumulate_grad_hook(lambda w: setattr(w, "grad", ctx.mean_sparse(w.grad)))
+        weight.register_post_accumulate_grad_hook(lambda w: setattr(w, "grad", ctx.mean_sparse(w.grad, max_rows)))
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda"
                                                      else None)
 

@@ -362,7 +362,7 @@ def train(args, ctx, checkpoint=None):
                                               checkpoint["global_step"], checkpoint["wandb_id"])
         start_epoch, start_step = checkpoint["epoch"] + 1, checkpoint.get("step", 0)
         start_loss = checkpoint.get("epoch_loss_sum", 0.0) if ctx.is_main else 0.0  # summed over ranks once
-    trained = distributed.data_parallel(model, ctx)
+    trained = distributed.data_parallel(model, ctx, args.batch_size)
     run = None
     if ctx.is_main:
         os.makedirs(args.save_dir, exist_ok=True)
