@@ -63,10 +63,11 @@ class Context:
         values = grad._values().clone(memory_format=dense_strides)
         if len(values) > max_rows:
             raise RuntimeError(f"a sparse gradient has {len(values)} rows, more than the {max_rows} expected")
-        rows = torch.cat([indices.view(torch.uint8).view(-1, 8), values.flatten(1).view(torch.uint8)], dim=1)
-        packed = rows.new_zeros((1 + max_rows, rows.shape[1]))
-        packed[0, :8] = torch.tensor([len(rows)], dtype=torch.int64, device=rows.device).view(torch.uint8)
-        packed[1:1 + len(rows)] = rows
+        value_bytes = values.flatten(1).view(torch.uint8)
+        packed = value_bytes.new_zeros((1 + max_rows, 8 + value_bytes.shape[1]))
+        packed[0, :8] = torch.tensor([len(values)], dtype=torch.int64, device=values.device).view(torch.uint8)
+        packed[1:1 + len(values), :8] = indices.view(torch.uint8).view(-1, 8)
+        packed[1:1 + len(values), 8:] = value_bytes
         gathered = [torch.empty_like(packed) for _ in range(self.world_size)]
         dist.all_gather(gathered, packed)
         counts = torch.stack([g[0, :8] for g in gathered]).view(torch.int64).flatten().tolist()
