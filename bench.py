@@ -4,7 +4,8 @@ sampled and full-ranking evaluation time, and peak memory. By default on a Melon
 
     python3 bench.py                                         # CPU, batch 1024, 4 negatives, E=8, L=3
     python3 bench.py --batch_size 16384 --lr 0.01 --num_neg 8 --no-sparse --threads 2    # large batch
-    python3 bench.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m
+    python3 bench.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m --per_sample_steps 1000   # and a
+                                                            # per-sample DataLoader pipeline for comparison
     python3 bench.py --gpu 0 --amp --batch_size 1048576 --json bench.json
 
 Every main.py flag (--gpu, --batch_size, --latent_dim_mf, --num_layers, --num_neg, --sparse, --threads, --amp,
@@ -44,16 +45,50 @@ def timed(device, work):
     return result, time.perf_counter() - started
 
 
+def per_sample_pipeline(data, args, steps):
+    """Training samples/s of the pipeline most public NCF code uses, timed over `steps` batches: a Dataset that
+    returns one (user, item, label) sample at a time, a shuffling DataLoader collating them into batches, the
+    same model through autograd and torch.optim.Adam. Its samples come from this repository's sampler, drawn
+    before the clock starts (public code draws them in Python loops), so the figure flatters it."""
+    users, items, labels = (t.cpu() for t in dataloader.epoch_samples(data, args.num_neg, args.seed, 1))
+
+    class Samples(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(users)
+
+        def __getitem__(self, i):
+            return users[i], items[i], labels[i]
+
+    model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model).to(data.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    loader = torch.utils.data.DataLoader(Samples(), batch_size=args.batch_size, shuffle=True)
+    started, done = time.perf_counter(), 0
+    for step, (u, i, y) in enumerate(loader):
+        if step == steps:
+            break
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(u.to(data.device), i.to(data.device)),
+                                                                    y.to(data.device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        done += len(y)
+    loss.item()
+    return done / (time.perf_counter() - started)
+
+
 def bench():
     parser = Parser(description=__doc__.splitlines()[0], add_help=False)
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--full_users", type=int, default=1000,
                         help="users to time full-ranking evaluation on (the total is extrapolated)")
+    parser.add_argument("--per_sample_steps", type=int, default=0,
+                        help="also time this many batches of a per-sample DataLoader pipeline, for comparison")
     own, rest = parser.parse_known_args()
     defaults = ["--data_dir", "data/bench", "--dataset", "melon_syn", "--wandb", "disabled"]
     args = main.parse_args(defaults + rest)
-    if own.full_users < 0:
-        parser.error(f"--full_users must not be negative, got {own.full_users}")
+    for flag in ("full_users", "per_sample_steps"):
+        if getattr(own, flag) < 0:
+            parser.error(f"--{flag} must not be negative, got {getattr(own, flag)}")
     device = resolve_device(args.gpu)
     torch.set_num_threads(args.threads)
     figures = {}
@@ -67,14 +102,15 @@ def bench():
     data, figures["load_seconds"] = timed(
         device, lambda: dataloader.load(args.data_dir, args.dataset, device, args.exclude_test_neg))
     torch.manual_seed(args.seed)
-    sparse = main.uses_sparse_updates(args)
+    sparse = main.uses_sparse_updates(args, device)
     model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
-    optimizer = main.make_optimizer(model, args, sparse)
+    ctx = distributed.Context(0, 1, device)
+    train_step = main.make_step(model, args, sparse, ctx)
     samples = len(data.train_users) * (1 + args.num_neg)
 
     _, figures["sampling_seconds"] = timed(device, lambda: dataloader.epoch_samples(data, args.num_neg, args.seed, 0))
     (loss_sum, steps, _), figures["epoch_seconds"] = timed(
-        device, lambda: main.train_epoch(model, optimizer, data, args, distributed.Context(0, 1, device), 1))
+        device, lambda: main.train_epoch(model, train_step, data, args, ctx, 1))
     figures["samples_per_second"] = samples / figures["epoch_seconds"]
     figures["training_samples_per_second"] = samples / (figures["epoch_seconds"] - figures["sampling_seconds"])
     figures["peak_rss_gib_after_training"] = peak_rss_gib()
@@ -86,6 +122,8 @@ def bench():
         _, seconds = timed(device, lambda: full_ranks(model, data, subset))
         figures["full_eval_seconds_per_1000_users"] = seconds / users * 1000
         figures["full_eval_seconds_all_users_extrapolated"] = seconds / users * len(data.test.users)
+    if own.per_sample_steps:
+        figures["per_sample_pipeline_samples_per_second"] = per_sample_pipeline(data, args, own.per_sample_steps)
     figures["peak_rss_gib"] = peak_rss_gib()
     if device.type == "cuda":
         figures["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
@@ -96,8 +134,8 @@ def bench():
              "training_pairs": len(data.train_users), "samples_per_epoch": samples, "steps_per_epoch": steps,
              "epoch_loss": loss_sum / samples}
     config = {k: getattr(args, k) for k in ("model", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "lr",
-                                            "beta1", "beta2", "optim", "sparse", "amp", "threads",
-                                            "exclude_test_neg")}
+                                            "beta1", "beta2", "optim", "amp", "threads", "exclude_test_neg")}
+    config.update(sparse=sparse, step=type(train_step).__name__)
     print(f"{machine['device_name']} ({machine['cores']} cores), torch {machine['torch']}, device {device}")
     print(", ".join(f"{k} {v}" for k, v in config.items()))
     print(", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

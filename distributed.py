@@ -54,27 +54,38 @@ class Context:
         dist.all_gather(gathered, padded)
         return torch.cat([g[:n] for g, n in zip(gathered, lengths)])
 
-    def mean_sparse(self, grad, max_rows):
-        """The mean over ranks of a sparse gradient of at most `max_rows` rows on every rank (uncoalesced: every
-        rank's rows, each divided by the ranks). One all-gather: each rank sends its row count, index and value
-        bytes, padded to `max_rows` rows."""
+    def gather_sparse_rows(self, indices, values, max_rows):
+        """Every rank's (indices [n], values [n, ...]) concatenated in rank order, with at most `max_rows` rows on
+        any rank: one all-gather of each rank's row count, index and value bytes, padded to `max_rows` rows."""
         dense_strides = torch.contiguous_format  # .contiguous() keeps a one-row tensor's odd strides
-        indices = grad._indices().flatten().clone(memory_format=dense_strides)
-        values = grad._values().clone(memory_format=dense_strides)
+        values = values.clone(memory_format=dense_strides)
         if len(values) > max_rows:
             raise RuntimeError(f"a sparse gradient has {len(values)} rows, more than the {max_rows} expected")
         value_bytes = values.flatten(1).view(torch.uint8)
         packed = value_bytes.new_zeros((1 + max_rows, 8 + value_bytes.shape[1]))
         packed[0, :8] = torch.tensor([len(values)], dtype=torch.int64, device=values.device).view(torch.uint8)
-        packed[1:1 + len(values), :8] = indices.view(torch.uint8).view(-1, 8)
+        packed[1:1 + len(values), :8] = indices.clone(memory_format=dense_strides).view(torch.uint8).view(-1, 8)
         packed[1:1 + len(values), 8:] = value_bytes
         gathered = [torch.empty_like(packed) for _ in range(self.world_size)]
         dist.all_gather(gathered, packed)
         counts = torch.stack([g[0, :8] for g in gathered]).view(torch.int64).flatten().tolist()
         rows = torch.cat([g[1:1 + n] for g, n in zip(gathered, counts)])
-        indices = rows[:, :8].contiguous().view(torch.int64).t()
-        values = rows[:, 8:].contiguous().view(values.dtype).view(-1, *values.shape[1:]) / self.world_size
-        return torch.sparse_coo_tensor(indices, values, grad.shape, check_invariants=False)
+        return (rows[:, :8].contiguous().view(torch.int64).flatten(),
+                rows[:, 8:].contiguous().view(values.dtype).view(-1, *values.shape[1:]))
+
+    def mean_sparse(self, grad, max_rows):
+        """The mean over ranks of a sparse gradient of at most `max_rows` rows on every rank (uncoalesced: every
+        rank's rows, each divided by the ranks)."""
+        indices, values = self.gather_sparse_rows(grad._indices().flatten(), grad._values(), max_rows)
+        return torch.sparse_coo_tensor(indices[None], values / self.world_size, grad.shape, check_invariants=False)
+
+    def sum_(self, tensor):
+        """`tensor` replaced, in place, by its element-wise sum over ranks."""
+        dist.all_reduce(tensor)
+
+    def broadcast_(self, tensor):
+        """`tensor` replaced, in place, by rank 0's."""
+        dist.broadcast(tensor, src=0)
 
     def broadcast(self, value):
         """Rank 0's `value` (any picklable object, e.g. a checkpoint) on every rank."""

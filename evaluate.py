@@ -39,7 +39,7 @@ def evaluating(model):
 
 
 @torch.no_grad()
-def sampled_ranks(model, candidates, batch_pairs=1 << 15):
+def sampled_ranks(model, candidates, batch_pairs=1 << 13):
     """0-based rank of each row's held-out item among its candidates, scored `batch_pairs` pairs at a time."""
     rows_per_batch = max(1, batch_pairs // candidates.items.shape[1])
     ranks = []

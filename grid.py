@@ -133,7 +133,7 @@ def run_grid():
               f"{done}")
         seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in results["history"])
         rows.append(dict(values, hr=results["hr"], ndcg=results["ndcg"], best_epoch=results["best_epoch"],
-                         seconds=round(seconds, 2)))
+                         seconds=round(seconds, 4)))
 
     best = max(rows, key=lambda r: r["ndcg"])
     header = [f"# The seed's grid on {args.dataset}", "",

@@ -22,7 +22,7 @@ import distributed
 from evaluate import full_ranks, item_names, load_checkpoint, recommend, sampled_ranks
 from metrics import hit_ratio_from_ranks, ndcg_from_ranks
 from model import MODELS, NCF, load_pretrained
-from optim import LazyAdam
+from optim import FUSED_OPTIMIZERS, AutogradStep, FusedStep, LazyAdam
 from utils import Parser, atomic_open, atomic_path, gpu_indices
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
@@ -48,9 +48,10 @@ def build_parser():
     p.add_argument("--beta1", type=float, default=0.9, help="Adam's beta1")
     p.add_argument("--beta2", type=float, default=0.999, help="Adam's beta2")
     p.add_argument("--optim", choices=OPTIMIZERS, default="adam")
-    p.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=None,
                    help="update only the embedding rows in each batch (lazy Adam; with --l2 0 and adam, sgd or "
-                        "adagrad); --no-sparse: the seed's dense update of every row at every step")
+                        "adagrad); --no-sparse: the seed's dense update of every row at every step (default: "
+                        "sparse on the CPU, dense on CUDA, where it is faster)")
     p.add_argument("--gpu", default="0", help="CUDA index, or a list like 2,3 (one process per GPU), or cpu")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--topk", type=int, default=10, help="K of HR@K and NDCG@K")
@@ -154,18 +155,30 @@ def start_wandb(args, data, run_id):
     return run
 
 
-def uses_sparse_updates(args, say=print):
-    """Whether embedding gradients are sparse: asked for, and the optimizer and weight decay allow it."""
-    if args.sparse and (args.l2 > 0 or args.optim not in SPARSE_OPTIMIZERS):
-        say(f"note: dense embedding updates, as --optim {args.optim} with --l2 {args.l2} needs them")
-    return args.sparse and args.l2 == 0 and args.optim in SPARSE_OPTIMIZERS
+def uses_sparse_updates(args, device, say=print):
+    """Whether the embeddings get sparse (lazy) updates: asked for (by default on the CPU), and the optimizer and
+    weight decay allow it."""
+    wanted = device.type != "cuda" if args.sparse is None else args.sparse
+    if wanted and (args.l2 > 0 or args.optim not in SPARSE_OPTIMIZERS):
+        if args.sparse:
+            say(f"note: dense embedding updates, as --optim {args.optim} with --l2 {args.l2} needs them")
+        return False
+    return wanted
 
 
-def make_optimizer(model, args, sparse):
+def make_step(model, args, sparse, ctx):
+    """The training step for `model` on every rank of `ctx`: FusedStep for Adam and SGD, autograd with a torch
+    optimizer for the others and for --amp."""
+    if args.optim in FUSED_OPTIMIZERS and not args.amp:
+        return FusedStep(model, args.optim, args.lr, (args.beta1, args.beta2), l2=args.l2, sparse=sparse, ctx=ctx,
+                         batch_size=args.batch_size)
+    trained = distributed.data_parallel(model, ctx, args.batch_size)
     betas = {"betas": (args.beta1, args.beta2)} if args.optim == "adam" else {}
     if sparse:
-        return SPARSE_OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, **betas)
-    return OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, weight_decay=args.l2, **betas)
+        optimizer = SPARSE_OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, **betas)
+    else:
+        optimizer = OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, weight_decay=args.l2, **betas)
+    return AutogradStep(trained, optimizer, args.amp, ctx.world_size)
 
 
 def recommendation_rows(model, data, catalog, k):
@@ -205,56 +218,44 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
-def train_epoch(model, optimizer, data, args, ctx, epoch, stop=None, run=None, global_step=0, start_step=0,
+def train_epoch(model, train_step, data, args, ctx, epoch, stop=None, run=None, global_step=0, start_step=0,
                 start_loss=0.0):
     """One pass over the epoch's positives and fresh negatives, from its batch `start_step` on (0 unless resuming
-    mid-epoch, with `start_loss` the loss summed over the batches before it). Each global batch of --batch_size
-    samples is dealt out across the ranks, and each rank's loss is weighted so that the all-reduced gradient is
-    the gradient of the global batch's mean loss. Every --log_every steps the ranks agree on the loss and on any
-    stop request (stop: a distributed.StopRequest).
+    mid-epoch, with `start_loss` the loss summed over the batches before it), through `train_step` (optim.py).
+    Each global batch of --batch_size samples is dealt out across the ranks, and each sample's loss weighted by
+    1 / the global batch, so that the gradient summed over the ranks is the global batch's mean loss's. Every
+    --log_every steps the ranks agree on the loss and on any stop request (stop: a distributed.StopRequest).
     Returns (sum of the losses of the samples trained, over all ranks; steps taken; whether a stop request
     ended the epoch early). Raises Diverged when the loss is no longer finite."""
     users, items, labels = dataloader.epoch_samples(data, args.num_neg, args.seed, epoch)
     num_samples = len(users)
     model.train()
-    loss_sum = torch.full((), start_loss, device=data.device)
-    window_loss, window_steps = torch.zeros((), device=data.device), 0
-    started = time.perf_counter()
+    loss_sum = torch.full((), start_loss, dtype=torch.float64, device=data.device)
     first = min(start_step * args.batch_size, num_samples)
-    bar = tqdm(total=num_samples, initial=first, desc=f"epoch {epoch}",
-               unit="sample", unit_scale=True, leave=False, disable=not (ctx.is_main and sys.stdout.isatty()))
+    logged_loss, logged_samples = start_loss, first  # over all ranks, at the last log point
+    started = time.perf_counter()
     shards = dataloader.batches([users, items, labels], args.batch_size, ctx.rank, ctx.world_size, start_step)
     step = start_step
-    for step, (u, i, y) in enumerate(shards, start_step + 1):
-        global_batch = min(args.batch_size, num_samples - (step - 1) * args.batch_size)
-        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=args.amp):
-            logits = model(u, i)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y) if len(y) else logits.sum()
-        optimizer.zero_grad(set_to_none=True)
-        (loss * (len(y) * ctx.world_size / global_batch)).backward()  # weight 1 on one rank
-        optimizer.step()
-        loss_sum += loss.detach() * len(y)
-        window_loss += loss.detach()
-        window_steps += 1
-        if step % args.log_every == 0:
-            total, stops = ctx.sum([window_loss.item(), stop is not None and stop.signum is not None])
-            mean = total / (window_steps * ctx.world_size)
-            window_loss.zero_()
-            window_steps = 0
-            if not math.isfinite(mean):
-                bar.close()
-                raise Diverged(mean)
-            done = min(step * args.batch_size, num_samples)
-            if run is not None:
-                run.log({"train/loss": mean, "epoch": epoch - 1 + done / num_samples},
-                        step=global_step + step - start_step)
-            bar.update(done - bar.n)
-            speed = (done - first) / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{mean:.4f}", samples_per_s=f"{speed:,.0f}")
-            if stops:
-                bar.close()
-                return ctx.sum([loss_sum.item()])[0], step - start_step, True
-    bar.close()
+    with tqdm(total=num_samples, initial=first, desc=f"epoch {epoch}", unit="sample", unit_scale=True, leave=False,
+              disable=not (ctx.is_main and sys.stdout.isatty())) as bar:
+        for step, (u, i, y) in enumerate(shards, start_step + 1):
+            global_batch = min(args.batch_size, num_samples - (step - 1) * args.batch_size)
+            loss_sum += train_step(u, i, y, 1.0 / global_batch)
+            if step % args.log_every == 0:
+                total, stops = ctx.sum([loss_sum.item(), stop is not None and stop.signum is not None])
+                done = min(step * args.batch_size, num_samples)
+                mean = (total - logged_loss) / (done - logged_samples)
+                logged_loss, logged_samples = total, done
+                if not math.isfinite(mean):
+                    raise Diverged(mean)
+                if run is not None:
+                    run.log({"train/loss": mean, "epoch": epoch - 1 + done / num_samples},
+                            step=global_step + step - start_step)
+                bar.update(done - bar.n)
+                speed = (done - first) / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{mean:.4f}", samples_per_s=f"{speed:,.0f}")
+                if stops:
+                    return ctx.sum([loss_sum.item()])[0], step - start_step, True
     return ctx.sum([loss_sum.item()])[0], step - start_step, False
 
 
@@ -346,23 +347,23 @@ def train(args, ctx, checkpoint=None):
               + (", with validation" if data.val is not None else "") + f"; device {device}"
               + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
 
-    sparse = uses_sparse_updates(args, ctx.print)
+    sparse = uses_sparse_updates(args, device, ctx.print)
     model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
     if args.pretrain_gmf and checkpoint is None and ctx.is_main:  # the other ranks get these weights from rank 0
         gmf, mlp = load_checkpoint(args.pretrain_gmf, device), load_checkpoint(args.pretrain_mlp, device)
         load_pretrained(model, gmf["model"], mlp["model"])
-    optimizer = make_optimizer(model, args, sparse)
     history, best, start_epoch, start_step, global_step, run_id = [], None, 1, 0, 0, None
     start_loss = 0.0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
         history, best, global_step, run_id = (checkpoint["history"], checkpoint["best"],
                                               checkpoint["global_step"], checkpoint["wandb_id"])
         start_epoch, start_step = checkpoint["epoch"] + 1, checkpoint.get("step", 0)
         start_loss = checkpoint.get("epoch_loss_sum", 0.0) if ctx.is_main else 0.0  # summed over ranks once
-    trained = distributed.data_parallel(model, ctx, args.batch_size)
+    train_step = make_step(model, args, sparse, ctx)
+    if checkpoint is not None:
+        train_step.load_state_dict(checkpoint["optimizer"])
     run = None
     if ctx.is_main:
         os.makedirs(args.save_dir, exist_ok=True)
@@ -387,7 +388,7 @@ def train(args, ctx, checkpoint=None):
     best_recommendations = checkpoint.get("recommendations", []) if checkpoint else []
 
     def state(**position):
-        return dict(config=vars(args), model=model.state_dict(), optimizer=optimizer.state_dict(),
+        return dict(config=vars(args), model=model.state_dict(), optimizer=train_step.state_dict(),
                     rng=torch.get_rng_state(), history=history, best=best, global_step=global_step,
                     recommendations=best_recommendations, wandb_id=run.id if run is not None else None, **position)
 
@@ -396,7 +397,7 @@ def train(args, ctx, checkpoint=None):
         for epoch in range(start_epoch, args.epochs + 1):
             started = time.perf_counter()
             try:
-                loss_sum, steps, interrupted = train_epoch(trained, optimizer, data, args, ctx, epoch, stop, run,
+                loss_sum, steps, interrupted = train_epoch(model, train_step, data, args, ctx, epoch, stop, run,
                                                            global_step, start_step, start_loss)
             except Diverged as e:
                 stop_diverged(ctx, run, e.args[0], epoch, last_path)

@@ -64,7 +64,9 @@ class NCF(nn.Module):
         concatenation [user, item], so it is applied to every item once here and to each user once per call,
         instead of to every pair; the output layer is split the same way instead of concatenating its input."""
         def per_item(table, items):
-            return table if items is None else table[items]
+            if items is None:
+                return table
+            return table.index_select(0, items.reshape(-1)).view(*items.shape, *table.shape[1:])  # faster than [items]
 
         if self.model == "mf":
             def score(users, items=None):

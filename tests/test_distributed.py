@@ -131,7 +131,7 @@ def test_a_rank_exits_with_its_status_and_output(body, status, stdout, stderr):
     assert done.stderr == stderr if status != 1 else stderr in done.stderr and "Traceback" in done.stderr
 
 
-SMALL_BATCHES = [sys.executable, "main.py", *FLAGS, "--batch_size", "16", "--wandb", "disabled"]  # long epochs
+SMALL_BATCHES = [sys.executable, "main.py", *FLAGS, "--batch_size", "4", "--wandb", "disabled"]  # long epochs
 
 
 @pytest.fixture(scope="module")
