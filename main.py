@@ -66,6 +66,14 @@ def build_parser():
                    help="train GMF, then MLP, then NeuMF initialised from both (SAVE_DIR/gmf, SAVE_DIR/mlp, SAVE_DIR)")
     p.add_argument("--pretrain_gmf", default=None, help="GMF checkpoint to initialise NeuMF from")
     p.add_argument("--pretrain_mlp", default=None, help="MLP checkpoint to initialise NeuMF from")
+    p.add_argument("--pretrain_epochs", type=int, default=None, help="epochs of --pretrain's GMF and MLP stages "
+                   "(default: --epochs)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="NeuMF from pretrained GMF and MLP: the output layer is [alpha * GMF's, (1 - alpha) * MLP's]")
+    p.add_argument("--finetune_optim", choices=OPTIMIZERS, default=None,
+                   help="optimizer of NeuMF initialised from pretrained GMF and MLP (default: --optim; the NCF "
+                        "paper: sgd)")
+    p.add_argument("--finetune_lr", type=float, default=None, help="its learning rate (default: --lr)")
     p.add_argument("--save_dir", default=None, help="where results.json and checkpoints go (default: runs/DATASET; "
                    "runs/DATASET/sweep-ID/RUN_ID under a wandb sweep agent)")
     p.add_argument("--resume", default=None, help="last.pt to continue from (its configuration is used)")
@@ -97,8 +105,19 @@ def parse_args(argv=None):
     for flag in ("patience", "l2"):
         if getattr(args, flag) < 0:
             p.error(f"--{flag} must not be negative, got {getattr(args, flag)}")
-    if not args.lr > 0 or not math.isfinite(args.lr):
-        p.error(f"--lr must be a positive number, got {args.lr}")
+    for flag in ("lr", "finetune_lr"):
+        value = getattr(args, flag)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            p.error(f"--{flag} must be a positive number, got {value}")
+    if args.pretrain_epochs is not None and args.pretrain_epochs < 1:
+        p.error(f"--pretrain_epochs must be at least 1, got {args.pretrain_epochs}")
+    if not 0 <= args.alpha <= 1:
+        p.error(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.pretrain_epochs is not None and not args.pretrain:
+        p.error("--pretrain_epochs needs --pretrain")
+    for flag in ("finetune_optim", "finetune_lr"):
+        if getattr(args, flag) is not None and not (args.pretrain or args.pretrain_gmf):
+            p.error(f"--{flag} needs --pretrain or --pretrain_gmf/--pretrain_mlp")
     for flag in ("beta1", "beta2"):
         if not 0 <= getattr(args, flag) < 1:
             p.error(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
@@ -289,12 +308,15 @@ def run_stages(args, ctx, given):
         save_dir = args.save_dir
         for stage in ("gmf", "mlp"):
             ctx.print(f"pretraining {stage.upper()} into {os.path.join(save_dir, stage)}")
-            train(argparse.Namespace(**dict(vars(args), model=stage, pretrain=False,
-                                            save_dir=os.path.join(save_dir, stage))), ctx)
+            train(argparse.Namespace(**dict(vars(args), model=stage, pretrain=False, finetune_optim=None,
+                                            finetune_lr=None, epochs=args.pretrain_epochs or args.epochs,
+                                            pretrain_epochs=None, save_dir=os.path.join(save_dir, stage))), ctx)
         ctx.print(f"training NeuMF from the pretrained GMF and MLP into {save_dir}")
-        args = argparse.Namespace(**dict(vars(args), pretrain=False,
+        args = argparse.Namespace(**dict(vars(args), pretrain=False, pretrain_epochs=None,
                                          pretrain_gmf=os.path.join(save_dir, "gmf", "best.pt"),
                                          pretrain_mlp=os.path.join(save_dir, "mlp", "best.pt")))
+    if args.pretrain_gmf:
+        args.optim, args.lr = args.finetune_optim or args.optim, args.finetune_lr or args.lr
     train(args, ctx, checkpoint)
 
 
@@ -351,7 +373,7 @@ def train(args, ctx, checkpoint=None):
     model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
     if args.pretrain_gmf and checkpoint is None and ctx.is_main:  # the other ranks get these weights from rank 0
         gmf, mlp = load_checkpoint(args.pretrain_gmf, device), load_checkpoint(args.pretrain_mlp, device)
-        load_pretrained(model, gmf["model"], mlp["model"])
+        load_pretrained(model, gmf["model"], mlp["model"], args.alpha)
     history, best, start_epoch, start_step, global_step, run_id = [], None, 1, 0, 0, None
     start_loss = 0.0
     if checkpoint is not None:

@@ -1,0 +1,159 @@
+"""The README's experiments by name: one source of truth for their commands.
+
+    python3 reproduce.py --list                       # each name, its command, the paper's and the README's figure
+    python3 reproduce.py table2-neumf-16              # run one; main.py's last line is the result
+    python3 reproduce.py ml1m-mf-256 --seed 1 --save_dir runs/mf256-seed1   # extra flags go to its command
+
+`$ML1M` in a command stands for the NCF paper's ML-1M files in ../shared/data/ncf-ml-1m. An experiment on a
+split that split.py makes (Last.fm) makes it first when its files are missing. An experiment scored again
+with full ranking runs evaluate.py on its best.pt after training (in SAVE_DIR, by default
+runs/reproduce/NAME/DATE-TIME).
+"""
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from utils import Parser, run_cli
+
+ROOT = os.path.dirname(os.path.abspath(__file__))  # the commands run here
+ML1M = "--data_dir ../shared/data/ncf-ml-1m --dataset ml-1m"
+LASTFM = "../shared/data/lastfm-hetrec2011/user_artists.dat"
+SPLITS = {  # dataset -> the split.py command that makes it in data/
+    "lastfm_random": f"split.py --input {LASTFM} --out_dir data --name lastfm_random --test_item random",
+    "lastfm_val": f"split.py --input {LASTFM} --out_dir data --name lastfm_val --test_item random --val",
+    "lastfm": f"split.py --input {LASTFM} --out_dir data --name lastfm",
+}
+MF = "--model mf --num_neg 8 --batch_size 4096 --lr 3e-3 --no-sparse --epochs 40"
+
+
+@dataclass
+class Experiment:
+    command: str  # a script of this repository and its flags
+    paper: str = ""  # the published figure (HR@10 / NDCG@10), where there is one
+    readme: str = ""  # the figure the README reports
+    full_ranking: bool = False  # score best.pt again with evaluate.py --eval full
+
+    @property
+    def script(self):
+        return self.command.split()[0]
+
+    def argv(self):
+        return shlex.split(self.command.replace("$ML1M", ML1M))
+
+
+def table2(factor, pretrain):
+    paper = {(8, True): "0.684 / 0.403", (16, True): "0.707 / 0.426", (32, True): "0.726 / 0.445",
+             (64, True): "0.730 / 0.447", (8, False): "0.688 / 0.410", (16, False): "0.696 / 0.420",
+             (32, False): "0.701 / 0.425", (64, False): "0.705 / 0.426"}[factor, pretrain]
+    flags = " --pretrain --finetune_optim sgd --finetune_lr 0.5" if pretrain else ""
+    return Experiment(f"main.py $ML1M --no-exclude_test_neg --no-sparse --latent_dim_mf {factor}{flags}", paper)
+
+
+EXPERIMENTS = {
+    **{f"table2-neumf-{f}": table2(f, False) for f in (8, 16, 32, 64)},
+    **{f"table2-neumf-pre-{f}": table2(f, True) for f in (8, 16, 32, 64)},
+    "ml1m-seed": Experiment("main.py $ML1M", "0.688 / 0.410", "0.6821 / 0.4038"),
+    "ml1m-seed-dense": Experiment("main.py $ML1M --no-sparse", "0.688 / 0.410", "0.6763 / 0.4009"),
+    "ml1m-paper-negatives": Experiment("main.py $ML1M --no-exclude_test_neg", "0.688 / 0.410", "0.6859 / 0.4131",
+                                       full_ranking=True),
+    "ml1m-pretrain-adam": Experiment("main.py $ML1M --no-exclude_test_neg --pretrain", "0.684 / 0.403",
+                                     "0.6820 / 0.4093"),
+    "ml1m-mf-64-l2-0": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 64 --patience 5",
+                                  readme="0.7121 / 0.4472"),
+    "ml1m-mf-64-l2-1e-5": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 64 --l2 1e-5 "
+                                     "--patience 3", readme="0.5018 / 0.2818"),
+    "ml1m-mf-64": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 64 --l2 1e-6 --patience 4",
+                             readme="0.7217 / 0.4501", full_ranking=True),
+    "ml1m-mf-128-l2-2e-6": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 128 --l2 2e-6 "
+                                      "--patience 4", readme="0.6899 / 0.4143"),
+    "ml1m-mf-128": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 128 --l2 1e-6 "
+                              "--patience 4", readme="0.7268 / 0.4614", full_ranking=True),
+    "ml1m-mf-256": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 256 --l2 1e-6 "
+                              "--patience 3", "0.730 / 0.447 (the paper's best NeuMF)", "0.7329 / 0.4746",
+                              full_ranking=True),
+    "ml1m-large-batch": Experiment("main.py $ML1M --no-exclude_test_neg --batch_size 16384 --lr 0.01 --num_neg 8 "
+                                   "--no-sparse --threads 2", "0.688 / 0.410", "0.6912 / 0.4201"),
+    "lastfm-neumf": Experiment("main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg",
+                               readme="0.7659 / 0.6057", full_ranking=True),
+    "lastfm-mf-64": Experiment(f"main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg {MF} "
+                               "--latent_dim_mf 64 --l2 1e-6 --patience 4", readme="0.8010 / 0.6672",
+                               full_ranking=True),
+    "lastfm-mf-256": Experiment(f"main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg {MF} "
+                                "--latent_dim_mf 256 --l2 1e-6 --patience 3", readme="0.8163 / 0.6828",
+                                full_ranking=True),
+    "lastfm-last-line-neumf": Experiment("main.py --data_dir data --dataset lastfm --no-exclude_test_neg",
+                                         readme="0.1799 / 0.0949"),
+    "lastfm-val-neumf": Experiment("main.py --data_dir data --dataset lastfm_val --no-exclude_test_neg",
+                                   readme="0.7616 / 0.6001"),
+    "lastfm-val-mf-64": Experiment(f"main.py --data_dir data --dataset lastfm_val --no-exclude_test_neg {MF} "
+                                   "--latent_dim_mf 64 --l2 1e-6 --patience 4", readme="0.7982 / 0.6579"),
+    "lastfm-pretrain-adam": Experiment("main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg "
+                                       "--pretrain", readme="0.7649 / 0.6088"),
+    "lastfm-pretrain-sgd": Experiment("main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg "
+                                      "--pretrain --finetune_optim sgd --finetune_lr 0.5"),
+    "lastfm-grid": Experiment("grid.py --data_dir data --dataset lastfm_random --no-exclude_test_neg",
+                              readme="best cell 0.7951 / 0.6393"),
+    "sample": Experiment("main.py", readme="0.4993 / 0.2478", full_ranking=True),
+}
+
+
+def dataset_of(argv):
+    """(data_dir, dataset) that a main.py or grid.py command line names (the last value of each flag wins)."""
+    values = {"--data_dir": "data", "--dataset": None}
+    for flag, value in zip(argv, argv[1:]):
+        if flag in values:
+            values[flag] = value
+    return values["--data_dir"], values["--dataset"]
+
+
+def listing():
+    lines = []
+    for name, experiment in EXPERIMENTS.items():
+        lines.append(f"{name}\n    python3 {experiment.command}"
+                     + (" (then evaluate.py --eval full on its best.pt)" if experiment.full_ranking else ""))
+        figures = [f"paper {experiment.paper}"] if experiment.paper else []
+        figures += [f"README {experiment.readme}"] if experiment.readme else []
+        if figures:
+            lines.append("    " + "; ".join(figures))
+    return "\n".join(lines)
+
+
+def run(name, extra, save_dir):
+    """Run experiment `name` with `extra` flags appended; returns the exit status of the first command that fails."""
+    experiment = EXPERIMENTS[name]
+    argv = experiment.argv() + extra
+    data_dir, dataset = dataset_of(argv)
+    if dataset in SPLITS and data_dir == "data" and not os.path.exists(os.path.join(ROOT, "data", f"{dataset}.train.rating")):
+        status = command([sys.executable, *shlex.split(SPLITS[dataset])])
+        if status:
+            return status
+    save_dir = save_dir or os.path.join(ROOT, "runs", "reproduce", name, time.strftime("%Y%m%d-%H%M%S"))
+    status = command([sys.executable, *argv, "--out_dir" if experiment.script == "grid.py" else "--save_dir", save_dir])
+    if status or not experiment.full_ranking:
+        return status
+    return command([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"), "--eval", "full"])
+
+
+def command(argv):
+    print("$ python3 " + shlex.join(argv[1:]), flush=True)
+    return subprocess.run(argv, cwd=ROOT).returncode
+
+
+def main():
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="?", choices=EXPERIMENTS, metavar="NAME", help="the experiment to run")
+    parser.add_argument("--list", action="store_true", help="list the experiments")
+    parser.add_argument("--save_dir", default=None, help="where its run goes (default: runs/reproduce/NAME/DATE-TIME)")
+    args, extra = parser.parse_known_args()
+    if args.list:
+        return print(listing())
+    if args.name is None:
+        parser.error("name an experiment (python3 reproduce.py --list shows them)")
+    sys.exit(run(args.name, extra, args.save_dir))
+
+
+if __name__ == "__main__":
+    run_cli(main)
