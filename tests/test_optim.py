@@ -197,3 +197,28 @@ def test_autograd_step_equals_the_fused_step():
         assert torch.allclose(autograd(*b, 1 / 32), fused(*b, 1 / 32), rtol=1e-5)
     for (name, p), q in zip(reference.named_parameters(), model.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_sparse_updates_by_default_on_the_cpu_and_dense_on_cuda():
+    import main
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert main.uses_sparse_updates(main.parse_args([]), cpu)
+    assert not main.uses_sparse_updates(main.parse_args([]), cuda)
+    assert main.uses_sparse_updates(main.parse_args(["--sparse"]), cuda)
+    assert not main.uses_sparse_updates(main.parse_args(["--no-sparse"]), cpu)
+    assert not main.uses_sparse_updates(main.parse_args(["--l2", "1e-3"]), cpu, say=lambda _: None)
+
+
+@pytest.mark.parametrize("flags,fused", [([], True), (["--optim", "sgd"], True), (["--no-sparse", "--l2", "1e-4"], True),
+                                         (["--optim", "adagrad"], False), (["--optim", "rmsprop"], False),
+                                         (["--amp"], False)])
+def test_the_fused_step_serves_adam_and_sgd(flags, fused):
+    import distributed
+    import main
+    args = main.parse_args(flags)
+    sparse = main.uses_sparse_updates(args, torch.device("cpu"), say=lambda _: None)
+    model = NCF(10, 12, 4, 2, "neumf", sparse)
+    step = main.make_step(model, args, sparse, distributed.Context(0, 1, torch.device("cpu")))
+    assert isinstance(step, FusedStep if fused else AutogradStep)
+    loss = step(torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([1.0, 0.0]), 0.5)
+    assert loss.shape == () and loss > 0
