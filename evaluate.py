@@ -271,6 +271,29 @@ def load_checkpoint(path, device="cpu"):
     return checkpoint
 
 
+def load_pretrained_checkpoints(args, data, device="cpu"):
+    """The --pretrain_gmf and --pretrain_mlp checkpoints, each checked to be of its kind and to fit the NeuMF that
+    `args` describes on `data` (factor, layers, users and items); a one-line error naming the flag otherwise."""
+    checkpoints = []
+    for kind in ("gmf", "mlp"):
+        flag, path = f"--pretrain_{kind}", getattr(args, f"pretrain_{kind}")
+        checkpoint = load_checkpoint(path, device)
+        config = checkpoint["config"]
+        if config["model"] != kind:
+            raise InputError(f"{flag} {path}: a {config['model']} checkpoint, not a {kind} one")
+        for name in ("latent_dim_mf", "num_layers") if kind == "mlp" else ("latent_dim_mf",):
+            if config[name] != getattr(args, name):
+                raise InputError(f"{flag} {path}: trained with --{name} {config[name]}, not {getattr(args, name)}")
+        state = checkpoint["model"]
+        rows = tuple(state[f"{side}_{kind}.weight"].shape[0] for side in ("user", "item")
+                     if f"{side}_{kind}.weight" in state)
+        if len(rows) == 2 and rows != (data.num_users, data.num_items):
+            raise InputError(f"{flag} {path}: trained on {rows[0]:,} users x {rows[1]:,} items, not the "
+                             f"{data.num_users:,} x {data.num_items:,} of data set {data.name!r}")
+        checkpoints.append(checkpoint)
+    return checkpoints
+
+
 def split_changes(checkpoint, data_dir, dataset):
     """Paths of the split files that differ from those the checkpoint was trained on ([] when the checkpoint
     predates split fingerprints)."""

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 import dataloader
 import distributed
-from evaluate import full_ranks, item_names, load_checkpoint, recommend, sampled_ranks, split_changes
+from evaluate import (full_ranks, item_names, load_checkpoint, load_pretrained_checkpoints, recommend, sampled_ranks,
+                      split_changes)
 from metrics import hit_ratio_from_ranks, ndcg_from_ranks
 from model import MODELS, NCF, load_pretrained
 from optim import LazyAdam
@@ -234,10 +235,11 @@ def start_wandb(args, data, run_id, provenance=None):
 
 class SafeRun:
     """A wandb run whose failures cost the logging, never the training: the first exception from wandb prints one
-    warning, and nothing more is sent to wandb in this run (what was logged before stays)."""
+    warning, and nothing more is sent to wandb in this run (what was logged before stays); finish() still tries to
+    close the failed run, quietly, so that its files are complete and a later wandb.init starts afresh."""
 
     def __init__(self, run):
-        self.run, self.id = run, run.id
+        self.run, self.id, self.failed = run, run.id, None
         self.summary = SimpleNamespace(update=lambda values: self.guard(lambda run: run.summary.update(values)))
 
     def guard(self, action):
@@ -249,7 +251,7 @@ class SafeRun:
         except Exception as e:
             print(f"warning: wandb failed ({type(e).__name__}: {one_line(e)}); training continues without wandb",
                   file=sys.stderr, flush=True)
-            self.run = None
+            self.run, self.failed = None, self.run
 
     def log(self, *args, **kwargs):
         return self.guard(lambda run: run.log(*args, **kwargs))
@@ -268,7 +270,12 @@ class SafeRun:
 
     def finish(self, **kwargs):
         self.guard(lambda run: run.finish(**kwargs))
-        self.run = None
+        if self.failed is not None:
+            try:
+                self.failed.finish(**kwargs)
+            except Exception:
+                pass
+        self.run = self.failed = None
 
 
 def check_memory(args, data, device):
@@ -662,7 +669,7 @@ def train(args, ctx, checkpoint=None, provenance=None):
     sparse = uses_sparse_updates(args, ctx.print)
     model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
     if args.pretrain_gmf and checkpoint is None and ctx.is_main:  # the other ranks get these weights from rank 0
-        gmf, mlp = load_checkpoint(args.pretrain_gmf, device), load_checkpoint(args.pretrain_mlp, device)
+        gmf, mlp = load_pretrained_checkpoints(args, data, device)
         load_pretrained(model, gmf["model"], mlp["model"])
     optimizer = make_optimizer(model, args, sparse)
     history, best, start_epoch, start_step, global_step, run_id = [], None, 1, 0, 0, None

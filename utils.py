@@ -1,4 +1,5 @@
-"""Small shared helpers: one-line input errors with exit status 2, atomic file writes, the CLI parser."""
+"""Small shared helpers: one-line input errors with exit status 2, atomic file writes and links, the CLI parser,
+directory locks, what runs the code (provenance) and the memory left on a device."""
 import argparse
 import os
 import sys

@@ -180,6 +180,26 @@ def test_bad_input_gives_one_line_and_leaves_no_run(workdir, monkeypatch, capsys
     assert sorted(os.listdir(cwd)) == ["afile", "notes.txt"]  # no runs/ left behind
 
 
+def test_pretrained_checkpoints_that_do_not_fit_give_one_line(workdir, monkeypatch, capsys):
+    data_dir, cwd = workdir
+    for kind in ("gmf", "mlp"):
+        main.main(["--data_dir", data_dir, *TINY, "--epochs", "1", "--wandb", "disabled", "--model", kind,
+                   "--save_dir", kind])
+    other = cwd / "other"
+    other.mkdir()
+    write_split(other, users=50, items=80, per_user=10, negatives=20)
+    for extra, expected in ((["--pretrain_gmf", "mlp/best.pt", "--pretrain_mlp", "gmf/best.pt"],
+                             "--pretrain_gmf mlp/best.pt: a mlp checkpoint, not a gmf one"),
+                            (["--pretrain_gmf", "gmf/best.pt", "--pretrain_mlp", "mlp/best.pt", "--num_layers", "2"],
+                             "--pretrain_mlp mlp/best.pt: trained with --num_layers 3, not 2"),
+                            (["--pretrain_gmf", "gmf/best.pt", "--pretrain_mlp", "mlp/best.pt", "--data_dir",
+                              str(other)], "trained on 200 users x 300 items, not the 50 x 80")):
+        error = one_line_error(capsys, main_cli(["--data_dir", data_dir, *TINY, "--wandb", "disabled", *extra],
+                                                monkeypatch))
+        assert expected in error
+    assert sorted(os.listdir(cwd)) == ["gmf", "mlp", "other"]
+
+
 def test_a_failed_run_leaves_latest_on_the_previous_run(workdir, monkeypatch, capsys):
     data_dir, cwd = workdir
     main.main(["--data_dir", data_dir, *TINY, "--wandb", "disabled"])
