@@ -6,7 +6,8 @@
 The 27 cells run one after another in this process, each into OUT_DIR/negN_factorE_layersL (main.py's
 results.json, checkpoints and report). Resumable: a cell whose results.json exists is skipped (an interrupted one
 is computed again, with main.py's --overwrite). Then writes OUT_DIR/results.md, the seed README's three views of
-the grid (by negatives, by factor, by layers), and OUT_DIR/results.csv, a row a cell (seconds: the cell's training and evaluation time, from its results.json).
+the grid (by negatives, by factor, by layers), and OUT_DIR/results.csv, a row a cell (seconds: the cell's
+training and evaluation time, from its results.json).
 Any other main.py flag is passed to every cell. sweep.yaml runs the same grid as a wandb sweep.
 """
 import contextlib

@@ -79,8 +79,9 @@ def build_parser():
     p.add_argument("--pretrain_gmf", default=None, help="GMF checkpoint to initialise NeuMF from")
     p.add_argument("--pretrain_mlp", default=None, help="MLP checkpoint to initialise NeuMF from")
     p.add_argument("--save_dir", default=None, help="where results.json and checkpoints go (default: a new "
-                   "runs/DATASET/YYYYMMDD-HHMMSS, with runs/DATASET/latest pointing to it; runs/DATASET/sweep-ID/RUN_ID "
-                   "under a wandb sweep agent); one that holds an earlier run is refused without --overwrite")
+                   "runs/DATASET/YYYYMMDD-HHMMSS, with runs/DATASET/latest pointing to it; "
+                   "runs/DATASET/sweep-ID/RUN_ID under a wandb sweep agent); one that holds an earlier run is "
+                   "refused without --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="let --save_dir replace the earlier run it holds (its results and checkpoints are deleted)")
     p.add_argument("--resume", default=None, help="last.pt to continue from (its configuration is used)")
@@ -496,10 +497,11 @@ def check_split_unchanged(checkpoint, args, source):
 
 
 def default_save_dir(dataset, ctx=None):
-    """(save directory, the directories made for it, outermost first, when it is new, else None): a new runs/DATASET/YYYYMMDD-HHMMSS; under a wandb sweep agent
-    runs/DATASET/sweep-SWEEP_ID/RUN_ID, so that the runs of a sweep, and agents sharing a machine, do not overwrite
-    each other's checkpoints. After a torchrun restart, the directory the first attempt chose (kept in torchrun's
-    store, which outlives the workers), so that the run continues there."""
+    """(save directory, the directories made for it, outermost first, when it is new, else None). A new
+    runs/DATASET/YYYYMMDD-HHMMSS; under a wandb sweep agent runs/DATASET/sweep-SWEEP_ID/RUN_ID, so that the runs of
+    a sweep, and agents sharing a machine, do not overwrite each other's checkpoints. After a torchrun restart, the
+    directory the first attempt chose (kept in torchrun's store, which outlives the workers), so that the run
+    continues there."""
     sweep, run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
     if sweep and run:
         return os.path.join("runs", dataset, f"sweep-{sweep}", run), None

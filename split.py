@@ -447,7 +447,8 @@ def sample_negatives(user, item, num_users, num_items, n, rng, user_ids):
 def fingerprint(data_dir, name):
     """{file name: sha256 of its bytes} for the split files NAME.* present in `data_dir`: what a run trained on."""
     files = (f"{name}.{suffix}" for suffix in SPLIT_SUFFIXES)
-    return {file: file_sha256(os.path.join(data_dir, file)) for file in files if os.path.isfile(os.path.join(data_dir, file))}
+    paths = {file: os.path.join(data_dir, file) for file in files}
+    return {file: file_sha256(path) for file, path in paths.items() if os.path.isfile(path)}
 
 
 def changed_files(recorded, current):

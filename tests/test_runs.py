@@ -366,6 +366,9 @@ def test_resume_on_changed_split_files_stops_naming_the_file(tmp_path):
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and os.path.join(data_dir, "tiny.train.rating") in err[0] and "has changed" in err[0]
     assert [r["epoch"] for r in results(save_dir)["history"]] == [1, 2]
+    scored = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"),
+                             "--gpu", "cpu"], cwd=REPO, capture_output=True, text=True)
+    assert scored.returncode == 0 and scored.stderr.startswith("warning: ") and "tiny.train.rating" in scored.stderr
     write_split(tmp_path / "data")  # the original split back: resuming works again
     done = run("--resume", os.path.join(save_dir, "last.pt"), "--epochs", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
