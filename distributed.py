@@ -25,6 +25,7 @@ class Context:
     rank: int
     world_size: int
     device: torch.device
+    store: object = None  # the launcher's key-value store (torchrun's outlives restarts); None without one
 
     @property
     def is_main(self):
@@ -129,6 +130,7 @@ def setup(gpu):
         return Context(0, 1, resolve_device(gpu))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = resolve_device(gpu, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    store = None
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -139,7 +141,7 @@ def setup(gpu):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size,
                                 store=dist.PrefixStore(f"attempt_{attempt}/", store),
                                 device_id=device if device.type == "cuda" else None)
-    return Context(dist.get_rank(), dist.get_world_size(), device)
+    return Context(dist.get_rank(), dist.get_world_size(), device, store)
 
 
 def teardown():

@@ -10,8 +10,8 @@ items a user has no interaction with), similar_items (nearest items in the learn
 """
 import os
 import pickle
+import sys
 import unicodedata
-import zipfile
 from contextlib import contextmanager
 
 import torch
@@ -20,10 +20,11 @@ import torch.nn.functional as F
 import dataloader
 from metrics import full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
 from model import NCF
-from split import MISSING, read_json
+from split import MISSING, changed_files, fingerprint, read_json
 from utils import InputError, Parser, resolve_device, run_cli
 
 
+CONFIG_KEYS = {"data_dir", "dataset", "model", "latent_dim_mf", "num_layers", "topk"}  # what loading a model needs
 SONG_FIELDS = ("id", "song_name", "artist_name_basket", "song_gn_gnr_basket", "issue_date")
 
 
@@ -127,10 +128,28 @@ def read_records(path, ids, keys):
 
 def read_artists(path, ids):
     """{id: name} from a Last.fm artists.dat (`id<TAB>name<TAB>url<TAB>pictureURL`, a header line) for string `ids`."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         next(f, None)
         rows = (line.rstrip("\n").split("\t") for line in f)
         return {row[0]: row[1] for row in rows if row[0] in ids and len(row) > 1}
+
+
+def genre_names(song_meta_path):
+    """{code: name} from genre_gn_all.json beside song_meta.json (the real download has it: "GN0100": "발라드"),
+    or {} when there is none; a one-line error if it is there but not such a JSON object."""
+    path = os.path.join(os.path.dirname(song_meta_path), "genre_gn_all.json")
+    if not os.path.exists(path):
+        return {}
+    names = read_json(path, None)
+    if not isinstance(names, dict) or not all(isinstance(name, str) for name in names.values()):
+        raise InputError(f"{path}: expected a JSON object mapping genre codes to names")
+    return names
+
+
+def named(codes, names):
+    """A basket of codes (a list, or one code) with each code replaced by its name where `names` has one."""
+    codes = [] if codes is None else codes if isinstance(codes, list) else [codes]
+    return [names.get(code, code) if isinstance(code, str) else code for code in codes]
 
 
 def joined(value):
@@ -141,18 +160,20 @@ def joined(value):
 def item_names(meta, items):
     """{item index: {"id": original id, then names}} for the item indices `items`. Names: "song", "artists", "genre"
     and "released" from song_meta.json (Melon splits), or "artist" from artists.dat beside the source file (Last.fm);
-    none without such a file. Without meta.json (the NCF paper's files) the id is the index."""
+    none without such a file. Genres are named from genre_gn_all.json beside song_meta.json when it is there (the
+    code where it has no name). Without meta.json (the NCF paper's files) the id is the index."""
     ids = meta.get("item_ids")
     catalog = {i: {"id": ids[i] if ids else i} for i in items}
     wanted = {entry["id"] for entry in catalog.values()}
     artists_path = os.path.join(os.path.dirname(meta.get("source", "")), "artists.dat")
     if meta.get("song_meta") and os.path.exists(meta["song_meta"]):
         songs = read_records(meta["song_meta"], wanted, SONG_FIELDS)
+        genres = genre_names(meta["song_meta"])
         for entry in catalog.values():
             song = songs.get(entry["id"], {})
             date = joined(song.get("issue_date"))
             entry.update(song=joined(song.get("song_name")), artists=joined(song.get("artist_name_basket")),
-                         genre=joined(song.get("song_gn_gnr_basket")),
+                         genre=joined(named(song.get("song_gn_gnr_basket"), genres)),
                          released=f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 and date.isdigit() else date)
     elif meta.get("format") == "delimited" and os.path.exists(artists_path):
         names = read_artists(artists_path, {str(x) for x in wanted})
@@ -235,13 +256,51 @@ def load_checkpoint(path, device="cpu"):
     """A checkpoint written by main.py, loaded with weights_only=True; a one-line error if it is missing or corrupt."""
     if not os.path.exists(path):
         raise InputError(f"{path}: no such checkpoint")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: a directory, not a checkpoint (best.pt or last.pt inside it?)")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
-        raise InputError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:120]})")
-    if not isinstance(checkpoint, dict) or not {"config", "model", "epoch"} <= checkpoint.keys():
+    except Exception as e:  # torch.load fails in many ways on other files (KeyError on text, BadZipFile, ...)
+        reason = ("not a file written by torch.save" if isinstance(e, (KeyError, pickle.UnpicklingError))
+                  else "empty or cut short" if isinstance(e, EOFError)
+                  else (str(e).strip().splitlines() or [type(e).__name__])[0][:120])
+        raise InputError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict) or not {"config", "model", "epoch"} <= checkpoint.keys() \
+            or not isinstance(checkpoint["config"], dict) or not CONFIG_KEYS <= checkpoint["config"].keys():
         raise InputError(f"{path}: not a checkpoint written by main.py")
     return checkpoint
+
+
+def load_pretrained_checkpoints(args, data, device="cpu"):
+    """The --pretrain_gmf and --pretrain_mlp checkpoints, each checked to be of its kind and to fit the NeuMF that
+    `args` describes on `data` (factor, layers, users and items); a one-line error naming the flag otherwise."""
+    checkpoints = []
+    for kind in ("gmf", "mlp"):
+        flag, path = f"--pretrain_{kind}", getattr(args, f"pretrain_{kind}")
+        checkpoint = load_checkpoint(path, device)
+        config = checkpoint["config"]
+        if config["model"] != kind:
+            raise InputError(f"{flag} {path}: a {config['model']} checkpoint, not a {kind} one")
+        for name in ("latent_dim_mf", "num_layers") if kind == "mlp" else ("latent_dim_mf",):
+            if config[name] != getattr(args, name):
+                raise InputError(f"{flag} {path}: trained with --{name} {config[name]}, not {getattr(args, name)}")
+        state = checkpoint["model"]
+        rows = tuple(state[f"{side}_{kind}.weight"].shape[0] for side in ("user", "item")
+                     if f"{side}_{kind}.weight" in state)
+        if len(rows) == 2 and rows != (data.num_users, data.num_items):
+            raise InputError(f"{flag} {path}: trained on {rows[0]:,} users x {rows[1]:,} items, not the "
+                             f"{data.num_users:,} x {data.num_items:,} of data set {data.name!r}")
+        checkpoints.append(checkpoint)
+    return checkpoints
+
+
+def split_changes(checkpoint, data_dir, dataset):
+    """Paths of the split files that differ from those the checkpoint was trained on ([] when the checkpoint
+    predates split fingerprints)."""
+    recorded = (checkpoint.get("provenance") or {}).get("split_files")
+    if recorded is None:
+        return []
+    return [os.path.join(data_dir, file) for file in changed_files(recorded, fingerprint(data_dir, dataset))]
 
 
 def model_from_checkpoint(checkpoint, data):
@@ -276,6 +335,10 @@ def main():
     if k < 1:
         parser.error("--k must be at least 1")
     data = dataloader.load(config["data_dir"], config["dataset"], device)
+    changed = split_changes(checkpoint, config["data_dir"], config["dataset"])
+    if changed:
+        print(f"warning: {changed[0]} has changed since {args.checkpoint} was trained on it: the scores are for "
+              f"other data", file=sys.stderr)
     model = model_from_checkpoint(checkpoint, data)
     if args.recommend is not None:
         return print_recommendations(model, data, args.recommend, k)

@@ -4,9 +4,10 @@
     python3 grid.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m --no-exclude_test_neg
 
 The 27 cells run one after another in this process, each into OUT_DIR/negN_factorE_layersL (main.py's
-results.json, checkpoints and report). Resumable: a cell whose results.json exists is skipped. Then writes
-OUT_DIR/results.md, the seed README's three views of the grid (by negatives, by factor, by layers), and
-OUT_DIR/results.csv, a row a cell (seconds: the cell's training and evaluation time, from its results.json).
+results.json, checkpoints and report). Resumable: a cell whose results.json exists is skipped (an interrupted one
+is computed again, with main.py's --overwrite). Then writes OUT_DIR/results.md, the seed README's three views of
+the grid (by negatives, by factor, by layers), and OUT_DIR/results.csv, a row a cell (seconds: the cell's
+training and evaluation time, from its results.json).
 Any other main.py flag is passed to every cell. sweep.yaml runs the same grid as a wandb sweep.
 """
 import contextlib
@@ -24,11 +25,11 @@ from utils import Parser, atomic_open, fail, resolve_device, run_cli
 
 GRID = {"num_neg": (1, 5, 10), "latent_dim_mf": (4, 8, 16), "num_layers": (1, 2, 3)}
 QUICK_EPOCHS = 2
-PER_CELL_FLAGS = (*GRID, "save_dir", "resume", "pretrain_gmf", "pretrain_mlp")  # not passed through to main.py
+PER_CELL_FLAGS = (*GRID, "save_dir", "resume", "pretrain_gmf", "pretrain_mlp", "overwrite")  # set by the grid
 # Flags a finished cell may have been run with differently and still count: where it ran and how it logged, its
 # directory, and --pretrain (which main.py records as pretrain_gmf/pretrain_mlp).
 NOT_COMPARED = ("gpu", "threads", "wandb", "wandb_project", "log_model", "save_dir", "pretrain", "pretrain_gmf",
-                "pretrain_mlp")
+                "pretrain_mlp", "overwrite")
 VIEWS = (("negatives", "num_neg"), ("factor", "latent_dim_mf"), ("layers", "num_layers"))
 CSV_FIELDS = (*GRID, "hr", "ndcg", "best_epoch", "seconds")
 
@@ -116,7 +117,7 @@ def run_grid():
         values = dict(zip(GRID, cell))
         save_dir = os.path.join(out_dir, "neg{num_neg}_factor{latent_dim_mf}_layers{num_layers}".format(**values))
         argv = common_flags(args) + passed + [f for name, value in values.items() for f in (f"--{name}", str(value))]
-        argv += ["--save_dir", save_dir]
+        argv += ["--save_dir", save_dir, "--overwrite"]  # a cell without results.json is computed again
         cell_args = main.parse_args(argv)
         k = cell_args.topk
         results = finished(save_dir, cell_args)

@@ -3,15 +3,19 @@
     python3 main.py                      # the Melon split in data/ if present, else the built-in synthetic sample
     python3 main.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m
 
-Writes SAVE_DIR/results.json, best.pt and last.pt, logs to Weights & Biases, and prints as its last line
-`best epoch N: HR@10 h NDCG@10 n`.
+Writes SAVE_DIR/results.json, best.pt and last.pt (SAVE_DIR: a new runs/DATASET/YYYYMMDD-HHMMSS for every run
+unless --save_dir is given; runs/DATASET/latest points to the newest), logs to Weights & Biases, and prints as its
+last line `best epoch N: HR@10 h NDCG@10 n`.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -19,17 +23,26 @@ from tqdm import tqdm
 
 import dataloader
 import distributed
-from evaluate import full_ranks, item_names, load_checkpoint, recommend, sampled_ranks
+from evaluate import (full_ranks, item_names, load_checkpoint, load_pretrained_checkpoints, recommend, sampled_ranks,
+                      split_changes)
 from metrics import hit_ratio_from_ranks, ndcg_from_ranks
 from model import MODELS, NCF, load_pretrained
 from optim import FUSED_OPTIMIZERS, AutogradStep, FusedStep, LazyAdam
-from utils import Parser, atomic_open, atomic_path, gpu_indices
+from split import fingerprint
+from utils import (InputError, Parser, atomic_open, atomic_path, available_memory, code_provenance, gpu_indices,
+                   human_bytes, lock_directory, point_symlink)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
               "rmsprop": torch.optim.RMSprop}
 SPARSE_OPTIMIZERS = {"adam": LazyAdam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
 SHOWN_PLAYLISTS = 3  # playlists whose top-K recommendations are logged at every evaluation
-RESUMABLE_FLAGS = ("epochs", "gpu", "threads", "wandb", "log_model", "patience", "resume")  # may differ from the checkpoint's on --resume
+RESUMABLE_FLAGS = ("epochs", "gpu", "threads", "wandb", "log_model", "patience", "resume",
+                   "overwrite")  # may differ from the checkpoint's on --resume
+RUN_FILES = ("results.json", "last.pt", "best.pt")  # a run's outputs, which no other run may replace
+WANDB_PROJECT = "recommendation"
+WANDB_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+AUTO_INIT_TIMEOUT = 15.0  # seconds --wandb auto waits for the wandb server before logging offline
+SAMPLE_BYTES = 48  # memory per training sample of an epoch: user, item, label, shuffled and copied
 
 
 def build_parser():
@@ -74,12 +87,17 @@ def build_parser():
                    help="optimizer of NeuMF initialised from pretrained GMF and MLP (default: --optim; the NCF "
                         "paper: sgd)")
     p.add_argument("--finetune_lr", type=float, default=None, help="its learning rate (default: --lr)")
-    p.add_argument("--save_dir", default=None, help="where results.json and checkpoints go (default: runs/DATASET; "
-                   "runs/DATASET/sweep-ID/RUN_ID under a wandb sweep agent)")
+    p.add_argument("--save_dir", default=None, help="where results.json and checkpoints go (default: a new "
+                   "runs/DATASET/YYYYMMDD-HHMMSS, with runs/DATASET/latest pointing to it; "
+                   "runs/DATASET/sweep-ID/RUN_ID under a wandb sweep agent); one that holds an earlier run is "
+                   "refused without --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --save_dir replace the earlier run it holds (its results and checkpoints are deleted)")
     p.add_argument("--resume", default=None, help="last.pt to continue from (its configuration is used)")
-    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
-                   help="auto: online when wandb credentials exist, offline otherwise")
-    p.add_argument("--wandb_project", default="recommendation")
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default=None,
+                   help="auto: online when wandb credentials exist, offline otherwise (and offline after "
+                        "WANDB_INIT_TIMEOUT seconds, default 15, without the server); default: $WANDB_MODE, else auto")
+    p.add_argument("--wandb_project", default=None, help=f"default: $WANDB_PROJECT, else {WANDB_PROJECT}")
     p.add_argument("--log_model", action="store_true", help="upload best.pt to wandb as a model artifact")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward pass (for GPUs)")
     p.add_argument("--threads", type=int, default=1,
@@ -158,20 +176,163 @@ def wandb_credentials_present():
         return False
 
 
-def start_wandb(args, data, run_id):
-    """A wandb run (or None when disabled); `auto` is online with credentials, offline otherwise."""
-    if args.wandb == "disabled":
+def wandb_mode(args):
+    """(mode asked for, how it was asked): --wandb when given, else $WANDB_MODE, else disabled when
+    $WANDB_DISABLED is true, else auto."""
+    if args.wandb is not None:
+        return args.wandb, f"--wandb {args.wandb}"
+    value = os.environ.get("WANDB_MODE", "").strip()
+    if value:
+        if value.lower() not in WANDB_MODES:
+            raise InputError(f"WANDB_MODE={value}: expected online, offline or disabled")
+        return WANDB_MODES[value.lower()], f"WANDB_MODE={value}"
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
+        return "disabled", "WANDB_DISABLED"
+    return "auto", "--wandb auto"
+
+
+def wandb_init_timeout(default):
+    """Seconds wandb.init may wait for the server: $WANDB_INIT_TIMEOUT when set, else `default`."""
+    value = os.environ.get("WANDB_INIT_TIMEOUT")
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise InputError(f"WANDB_INIT_TIMEOUT={value}: expected a positive number of seconds")
+    return seconds
+
+
+def one_line(error):
+    """The first line of an exception's message (its type name when it has none), at most 160 characters."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+
+
+def start_wandb(args, data, run_id, provenance=None):
+    """A wandb run (a SafeRun), or None when disabled. The mode is --wandb, else $WANDB_MODE, else auto: online
+    with credentials, offline otherwise; and offline, with a notice, when the server cannot be reached within
+    WANDB_INIT_TIMEOUT seconds. Asked for online explicitly, that failure is a one-line error instead. The project
+    and directory honour $WANDB_PROJECT and $WANDB_DIR unless --wandb_project is given."""
+    requested, asked = wandb_mode(args)
+    if requested == "disabled":
         return None
+    timeout = wandb_init_timeout(AUTO_INIT_TIMEOUT if requested == "auto" else None)
     import wandb
-    mode = args.wandb if args.wandb != "auto" else ("online" if wandb_credentials_present() else "offline")
+    wandb.setup(settings=wandb.Settings(silent=True))  # no login banner or warnings of its own: one-line errors
+    mode = requested if requested != "auto" else ("online" if wandb_credentials_present() else "offline")
     config = dict(vars(args), num_users=data.num_users, num_items=data.num_items,
-                  num_train=len(data.train_users), num_test=len(data.test.users))
-    run = wandb.init(project=args.wandb_project, config=config, mode=mode, dir=args.save_dir, id=run_id,
-                     resume="allow" if run_id else None, settings=wandb.Settings(silent=True))
+                  num_train=len(data.train_users), num_test=len(data.test.users), provenance=provenance)
+    kwargs = dict(project=args.wandb_project or os.environ.get("WANDB_PROJECT") or WANDB_PROJECT, config=config,
+                  id=run_id, resume="allow" if run_id else None)
+    if not os.environ.get("WANDB_DIR"):
+        kwargs["dir"] = args.save_dir
+    settings = dict(silent=True, **({"init_timeout": timeout} if timeout else {}))
+    runs_dir = os.path.join(os.environ.get("WANDB_DIR") or args.save_dir, "wandb")
+    before = set(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else set()
+    try:
+        run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
+    except Exception as e:  # CommError, UsageError, AuthenticationError, timeouts: whatever keeps wandb from starting
+        for name in set(os.listdir(runs_dir) if os.path.isdir(runs_dir) else ()) - before:
+            if name.startswith("run-"):  # the online attempt's files: nothing to sync
+                shutil.rmtree(os.path.join(runs_dir, name), ignore_errors=True)
+        if mode == "offline" or requested == "online":
+            advice = "; check the network and the API key, or use --wandb offline" if mode == "online" else ""
+            raise InputError(f"{asked}: wandb could not start a run ({one_line(e)}){advice}") from None
+        where = os.path.join(runs_dir, "offline-run-*")
+        print(f"note: wandb could not start an online run within {timeout:g} s ({one_line(e)}): logging offline "
+              f"instead; upload it later with: wandb sync {where}", flush=True)
+        try:
+            run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+        except Exception as e:
+            raise InputError(f"{asked}: wandb could not start an offline run either ({one_line(e)})") from None
+    run = SafeRun(run)
     run.define_metric("epoch")
     for key in ("test/*", "val/*", "epoch_loss", "train_seconds", "eval_seconds", "samples_per_second"):
         run.define_metric(key, step_metric="epoch")
     return run
+
+
+class SafeRun:
+    """A wandb run whose failures cost the logging, never the training: the first exception from wandb prints one
+    warning, and nothing more is sent to wandb in this run (what was logged before stays); finish() still tries to
+    close the failed run, quietly, so that its files are complete and a later wandb.init starts afresh."""
+
+    def __init__(self, run):
+        self.run, self.id, self.failed = run, run.id, None
+        self.summary = SimpleNamespace(update=lambda values: self.guard(lambda run: run.summary.update(values)))
+
+    def guard(self, action):
+        """action(run), unless wandb failed before; a wandb exception becomes one warning."""
+        if self.run is None:
+            return None
+        try:
+            return action(self.run)
+        except Exception as e:
+            print(f"warning: wandb failed ({type(e).__name__}: {one_line(e)}); training continues without wandb",
+                  file=sys.stderr, flush=True)
+            self.run, self.failed = None, self.run
+
+    def log(self, *args, **kwargs):
+        return self.guard(lambda run: run.log(*args, **kwargs))
+
+    def define_metric(self, *args, **kwargs):
+        return self.guard(lambda run: run.define_metric(*args, **kwargs))
+
+    def log_model(self, path, name, metadata):
+        """Upload the checkpoint at `path` as a model artifact."""
+        def log(run):
+            import wandb
+            artifact = wandb.Artifact(name, type="model", metadata=metadata)
+            artifact.add_file(path)
+            run.log_artifact(artifact)
+        return self.guard(log)
+
+    def finish(self, **kwargs):
+        self.guard(lambda run: run.finish(**kwargs))
+        if self.failed is not None:
+            try:
+                self.failed.finish(**kwargs)
+            except Exception:
+                pass
+        self.run = self.failed = None
+
+
+def check_memory(args, data, device):
+    """A one-line error naming the flag to lower when training would need more memory than `device` has left
+    (estimated from a model built on the meta device, the epoch's samples and a batch's activations)."""
+    factor = f"--latent_dim_mf {args.latent_dim_mf}" + (f" --num_layers {args.num_layers}"
+                                                        if args.model in ("mlp", "neumf") else "")
+    lower = "lower --latent_dim_mf" + (" or --num_layers" if args.model in ("mlp", "neumf") else "")
+    try:
+        with torch.device("meta"):
+            model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model)
+    except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as e:
+        reason = f"MLP embeddings of {args.latent_dim_mf * 2 ** (args.num_layers - 1):.3g} values a row" \
+            if args.model in ("mlp", "neumf") else one_line(e)
+        raise InputError(f"{factor}: no model of this size can be built ({reason}); {lower}") from None
+    params = sum(p.numel() for p in model.parameters())
+    width = sum(m.embedding_dim if isinstance(m, torch.nn.Embedding) else m.out_features
+                for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.Linear)))
+    samples = len(data.train_users) * (1 + args.num_neg)
+    parts = {"model": params * 16, "samples": samples * SAMPLE_BYTES,  # weights, gradients, Adam's two moments
+             "batch": min(args.batch_size, samples) * width * 4 * 3}  # activations, kept for backward, gradients
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if device.type == "cpu" else 1
+    needed, available = sum(parts.values()) * processes, available_memory(device)
+    if available is None or needed <= available:
+        return
+    total = f"training would need about {human_bytes(needed)}, more than the {human_bytes(available)} free on {device}"
+    biggest = max(parts, key=parts.get)
+    if biggest == "model":
+        raise InputError(f"{factor}: the {args.model} model's {params:,} parameters take "
+                         f"{human_bytes(parts['model'])} with gradients and optimizer state; {total}; {lower}")
+    if biggest == "samples":
+        raise InputError(f"--num_neg {args.num_neg}: an epoch's {samples:,} training samples ({len(data.train_users):,}"
+                         f" positives x {1 + args.num_neg}) take {human_bytes(parts['samples'])}; {total}; "
+                         f"lower --num_neg")
+    raise InputError(f"--batch_size {args.batch_size}: a batch's activations take {human_bytes(parts['batch'])}; "
+                     f"{total}; lower --batch_size")
 
 
 def uses_sparse_updates(args, device, say=print):
@@ -303,28 +464,188 @@ def run_stages(args, ctx, given):
         ctx.print(f"resuming {args.resume} after epoch {checkpoint['epoch']}{within} with its configuration")
     if args.dataset is None:
         args.dataset = ctx.broadcast(default_dataset(args.data_dir) if ctx.is_main else None)
-    args.save_dir = args.save_dir or default_save_dir(args.dataset)
-    if args.pretrain:
-        save_dir = args.save_dir
-        for stage in ("gmf", "mlp"):
-            ctx.print(f"pretraining {stage.upper()} into {os.path.join(save_dir, stage)}")
-            train(argparse.Namespace(**dict(vars(args), model=stage, pretrain=False, finetune_optim=None,
-                                            finetune_lr=None, epochs=args.pretrain_epochs or args.epochs,
-                                            pretrain_epochs=None, save_dir=os.path.join(save_dir, stage))), ctx)
-        ctx.print(f"training NeuMF from the pretrained GMF and MLP into {save_dir}")
-        args = argparse.Namespace(**dict(vars(args), pretrain=False, pretrain_epochs=None,
-                                         pretrain_gmf=os.path.join(save_dir, "gmf", "best.pt"),
-                                         pretrain_mlp=os.path.join(save_dir, "mlp", "best.pt")))
-    if args.pretrain_gmf:
-        args.optim, args.lr = args.finetune_optim or args.optim, args.finetune_lr or args.lr
-    train(args, ctx, checkpoint)
+    provenance, claim = None, None
+    if ctx.is_main:
+        provenance = run_provenance(args, ctx.device)
+        if checkpoint is not None:
+            check_split_unchanged(checkpoint, args, f"--resume {args.resume}")
+        claim = SaveDir.claim(args, ctx, continuing=checkpoint is not None or distributed.restarted())
+        args.save_dir = claim.path
+    args.save_dir = ctx.broadcast(args.save_dir)
+    try:
+        if args.pretrain:
+            save_dir = args.save_dir
+            for stage in ("gmf", "mlp"):
+                ctx.print(f"pretraining {stage.upper()} into {os.path.join(save_dir, stage)}")
+                train(argparse.Namespace(**dict(vars(args), model=stage, pretrain=False, finetune_optim=None,
+                                                finetune_lr=None, epochs=args.pretrain_epochs or args.epochs,
+                                                pretrain_epochs=None, save_dir=os.path.join(save_dir, stage))),
+                      ctx, provenance=provenance)
+            ctx.print(f"training NeuMF from the pretrained GMF and MLP into {save_dir}")
+            args = argparse.Namespace(**dict(vars(args), pretrain=False, pretrain_epochs=None,
+                                             pretrain_gmf=os.path.join(save_dir, "gmf", "best.pt"),
+                                             pretrain_mlp=os.path.join(save_dir, "mlp", "best.pt")))
+        if args.pretrain_gmf:
+            args.optim, args.lr = args.finetune_optim or args.optim, args.finetune_lr or args.lr
+        train(args, ctx, checkpoint, provenance)
+    except (InputError, SystemExit) as e:
+        if claim is not None and (isinstance(e, InputError) or e.code == 2):
+            claim.abandon()  # bad input stopped the run before it trained: leave no empty run behind
+        raise
+    finally:
+        if claim is not None:
+            claim.release()
 
 
-def default_save_dir(dataset):
-    """runs/DATASET; under a wandb sweep agent runs/DATASET/sweep-SWEEP_ID/RUN_ID, so that the runs of a sweep,
-    and agents sharing a machine, do not overwrite each other's checkpoints."""
+def run_provenance(args, device):
+    """What produced this run (code commit and tree state, library versions, device, split file hashes), printed
+    once; results.json, the checkpoints and the wandb config record it."""
+    record = code_provenance(device)
+    record["split_files"] = fingerprint(args.data_dir, args.dataset)
+    record["split_sha256"] = hashlib.sha256(json.dumps(record["split_files"], sort_keys=True).encode()).hexdigest()
+    commit = record["git_commit"][:10] + (" with uncommitted changes" if record["git_dirty"] else "") \
+        if record["git_commit"] else "unknown (not a git checkout)"
+    print(f"code {commit}; Python {record['python']}, torch {record['torch']}, numpy {record['numpy']}, "
+          f"CUDA {record['cuda'] or 'none'}; device {record['device']} ({record['device_name']}); "
+          f"split {args.dataset} sha256 {record['split_sha256'][:12]}", flush=True)
+    return record
+
+
+def check_split_unchanged(checkpoint, args, source):
+    """A one-line error naming the file when the split files differ from those the checkpoint was trained on."""
+    changed = split_changes(checkpoint, args.data_dir, args.dataset)
+    if changed:
+        state = "is gone" if not os.path.exists(changed[0]) else "has changed"
+        raise InputError(f"{source}: {changed[0]} {state} since the checkpoint was written (same name, other "
+                         f"content): continue only on the split it was trained on, or start a new run")
+
+
+def default_save_dir(dataset, ctx=None):
+    """(save directory, the directories made for it, outermost first, when it is new, else None). A new
+    runs/DATASET/YYYYMMDD-HHMMSS; under a wandb sweep agent runs/DATASET/sweep-SWEEP_ID/RUN_ID, so that the runs of
+    a sweep, and agents sharing a machine, do not overwrite each other's checkpoints. After a torchrun restart, the
+    directory the first attempt chose (kept in torchrun's store, which outlives the workers), so that the run
+    continues there."""
     sweep, run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
-    return os.path.join("runs", dataset, f"sweep-{sweep}", run) if sweep and run else os.path.join("runs", dataset)
+    if sweep and run:
+        return os.path.join("runs", dataset, f"sweep-{sweep}", run), None
+    store = ctx.store if ctx is not None else None
+    key = f"main.py/save_dir/{dataset}"
+    if store is not None and distributed.restarted() and store.check([key]):
+        return store.get(key).decode(), None
+    path, created = new_run_dir(os.path.join("runs", dataset))
+    if store is not None:
+        store.set(key, path)
+    return path, created
+
+
+def make_dirs(path, flag="--save_dir"):
+    """os.makedirs(path, exist_ok=True), with a one-line error; returns the directories it created, outermost first."""
+    missing = []
+    head = os.path.abspath(path)
+    while not os.path.exists(head):
+        missing.insert(0, head)
+        head = os.path.dirname(head)
+    if not os.path.isdir(head):
+        raise InputError(f"{flag} {path}: {head} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{flag} {path}: cannot create it: {e.strerror}") from None
+    return missing
+
+
+def new_run_dir(parent):
+    """(PARENT/YYYYMMDD-HHMMSS, the directories made for it, outermost first): a new directory (-2, -3, ... after
+    the name when a run started in the same second), made with one mkdir, so two runs started at once never share
+    one."""
+    created = make_dirs(parent)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        path = os.path.join(parent, stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            os.mkdir(path)
+            return path, created + [os.path.abspath(path)]
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise InputError(f"--save_dir {path}: cannot create it: {e.strerror}") from None
+    raise InputError(f"--save_dir: too many runs in {parent} started at {stamp}")
+
+
+def earlier_run(save_dir):
+    """The first output of an earlier run in SAVE_DIR or its --pretrain stages (SAVE_DIR/gmf, SAVE_DIR/mlp), or None."""
+    paths = (os.path.join(save_dir, stage, name) for stage in ("", "gmf", "mlp") for name in RUN_FILES)
+    return next((path for path in paths if os.path.exists(path)), None)
+
+
+class SaveDir:
+    """The save directory of a run, held by rank 0 from start to end: created (a new default one, with
+    runs/DATASET/latest pointed at it) or checked (one named by --save_dir must not hold an earlier run, unless
+    --overwrite, --resume or a torchrun restart), and locked so that no second run writes into it meanwhile."""
+
+    def __init__(self, path, created, latest=None, previous=None):
+        self.path, self.created, self.latest, self.previous = path, created, latest, previous
+        self.lock = None
+
+    @classmethod
+    def claim(cls, args, ctx, continuing):
+        if args.save_dir:
+            claim = cls(args.save_dir, make_dirs(args.save_dir))
+        else:
+            path, created = default_save_dir(args.dataset, ctx)
+            claim = cls(path, created if created is not None else make_dirs(path))
+            if created is not None:
+                claim.point_latest()
+        try:
+            claim.lock = lock_directory(claim.path)
+        except InputError:
+            claim.abandon()
+            raise
+        earlier = earlier_run(claim.path)
+        if earlier and not continuing:
+            if not args.overwrite:
+                claim.release()
+                finished = "a finished" if os.path.exists(os.path.join(claim.path, "results.json")) else "an"
+                raise InputError(f"--save_dir {claim.path} holds {finished} earlier run ({earlier}): continue it with "
+                                 f"--resume {os.path.join(claim.path, 'last.pt')}, choose another --save_dir (or none, "
+                                 f"for a new one under runs/{args.dataset}), or replace it with --overwrite")
+            for stage in ("", "gmf", "mlp"):
+                for name in (*RUN_FILES, "results.md"):
+                    if os.path.exists(os.path.join(claim.path, stage, name)):
+                        os.remove(os.path.join(claim.path, stage, name))
+            print(f"--overwrite: deleted the earlier run's results and checkpoints in {claim.path}", flush=True)
+        return claim
+
+    def point_latest(self):
+        """runs/DATASET/latest -> this run's directory (a relative symbolic link, replaced in one rename)."""
+        self.latest = os.path.join(os.path.dirname(self.path), "latest")
+        try:
+            self.previous = point_symlink(self.latest, os.path.basename(self.path))
+        except OSError as e:
+            print(f"note: cannot point {self.latest} at {self.path} ({e.strerror})", flush=True)
+            self.latest = None
+
+    def abandon(self):
+        """Remove what this run created, if it wrote no results or checkpoints, and point latest back."""
+        if not self.created or self.created[-1] != os.path.abspath(self.path) or earlier_run(self.path):
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.latest and os.path.islink(self.latest) and os.readlink(self.latest) == os.path.basename(self.path):
+            if self.previous:
+                point_symlink(self.latest, self.previous)
+            else:
+                os.remove(self.latest)
+        for directory in reversed(self.created[:-1]):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                break
+
+    def release(self):
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
 
 def same_run(config, args):
@@ -344,11 +665,12 @@ def restart_point(args):
     if os.path.exists(last_path):
         checkpoint = load_checkpoint(last_path)
         if same_run(checkpoint["config"], args):
+            check_split_unchanged(checkpoint, args, f"restarted from {last_path}")
             return checkpoint
     return None
 
 
-def train(args, ctx, checkpoint=None):
+def train(args, ctx, checkpoint=None, provenance=None):
     """Train and evaluate one model as `args` says (from scratch, or continuing `checkpoint`) on every rank of
     `ctx`; rank 0 writes the outputs and logs."""
     device = ctx.device
@@ -368,11 +690,12 @@ def train(args, ctx, checkpoint=None):
               f"training pairs, {len(data.test.users):,} test users, {data.test.items.shape[1] - 1} negatives each"
               + (", with validation" if data.val is not None else "") + f"; device {device}"
               + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
+    check_memory(args, data, device)
 
     sparse = uses_sparse_updates(args, device, ctx.print)
     model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
     if args.pretrain_gmf and checkpoint is None and ctx.is_main:  # the other ranks get these weights from rank 0
-        gmf, mlp = load_checkpoint(args.pretrain_gmf, device), load_checkpoint(args.pretrain_mlp, device)
+        gmf, mlp = load_pretrained_checkpoints(args, data, device)
         load_pretrained(model, gmf["model"], mlp["model"], args.alpha)
     history, best, start_epoch, start_step, global_step, run_id = [], None, 1, 0, 0, None
     start_loss = 0.0
@@ -389,7 +712,7 @@ def train(args, ctx, checkpoint=None):
     run = None
     if ctx.is_main:
         os.makedirs(args.save_dir, exist_ok=True)
-        run = start_wandb(args, data, run_id)
+        run = start_wandb(args, data, run_id, provenance)
     if run is not None:
         import wandb
     selection = "val" if data.val is not None else "test"
@@ -412,7 +735,8 @@ def train(args, ctx, checkpoint=None):
     def state(**position):
         return dict(config=vars(args), model=model.state_dict(), optimizer=train_step.state_dict(),
                     rng=torch.get_rng_state(), history=history, best=best, global_step=global_step,
-                    recommendations=best_recommendations, wandb_id=run.id if run is not None else None, **position)
+                    recommendations=best_recommendations, wandb_id=run.id if run is not None else None,
+                    provenance=provenance, **position)
 
     last_path = os.path.join(args.save_dir, "last.pt")
     with distributed.StopRequest(announce=ctx.is_main) as stop:
@@ -478,16 +802,14 @@ def train(args, ctx, checkpoint=None):
 
     if ctx.is_main:
         results = {"best_epoch": best["epoch"], "hr": best["hr"], "ndcg": best["ndcg"], "selection": selection,
-                   "protocol": args.eval, "history": history, "config": vars(args)}
+                   "protocol": args.eval, "history": history, "config": vars(args), "provenance": provenance}
         with atomic_open(os.path.join(args.save_dir, "results.json")) as f:
             json.dump(results, f, indent=1)
         write_results_md(os.path.join(args.save_dir, "results.md"), args, history, best, selection, columns,
                          best_recommendations)
         if run is not None:
             if args.log_model:
-                artifact = wandb.Artifact(f"{args.model}-{args.dataset}", type="model", metadata=results["config"])
-                artifact.add_file(os.path.join(args.save_dir, "best.pt"))
-                run.log_artifact(artifact)
+                run.log_model(os.path.join(args.save_dir, "best.pt"), f"{args.model}-{args.dataset}", results["config"])
             run.finish()
     ctx.print(f"best epoch {best['epoch']}: HR@{k} {best['hr']:.4f} NDCG@{k} {best['ndcg']:.4f}")
 

@@ -21,10 +21,11 @@ from contextlib import ExitStack
 import numpy as np
 import pandas as pd
 
-from utils import InputError, Parser, atomic_path, run_cli
+from utils import InputError, Parser, atomic_path, file_sha256, run_cli
 
 TEST_ITEM_RULES = ("latest", "last", "random")
 MISSING = object()
+SPLIT_SUFFIXES = ("train.rating", "test.rating", "test.negative", "val.rating", "val.negative", "meta.json")
 INT_TOKEN = r"-?\d{1,18}"
 BAD_DATE = np.iinfo(np.int64).min
 
@@ -125,14 +126,15 @@ def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed,
 
 
 def read_json(path, keys, where=None):
-    """json.load `path`, keeping only `keys` of each object (as a tuple, MISSING where absent) to save memory;
-    with `where`, an object for which where(object) is false becomes None."""
+    """json.load `path` (UTF-8, with or without a byte order mark), keeping only `keys` of each object (as a tuple,
+    MISSING where absent) to save memory, or everything when `keys` is None; with `where`, an object for which
+    where(object) is false becomes None. A one-line InputError naming the file when it cannot be read."""
     def keep(record):
         return tuple(record.get(k, MISSING) for k in keys) if where is None or where(record) else None
 
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f, object_hook=keep)
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f, object_hook=keep if keys is not None else None)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
@@ -239,13 +241,14 @@ def load_delimited(path):
     sep, header_line, ncols = sniff(path)
     try:
         if sep == "::":
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 source = io.StringIO(f.read().replace("::", "\t"))
         else:
             source = path
         frame = pd.read_csv(source, sep={"::": "\t", None: r"\s+"}.get(sep, sep), header=None, names=range(ncols),
                             skiprows=[header_line] if header_line is not None else None, dtype=str,
-                            na_filter=False, quoting=3, skipinitialspace=True, engine="c")
+                            na_filter=False, quoting=3, skipinitialspace=True, engine="c",
+                            encoding="utf-8-sig")
     except pd.errors.ParserError as e:
         raise bad_line(path, sep, header_line, ncols, e) from None
     except UnicodeDecodeError as e:
@@ -297,7 +300,7 @@ def sniff(path):
     """(separator, 0-based line index of the header or None, number of columns) from the first lines of `path`."""
     lines = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for index, line in enumerate(f):
                 if line.strip():
                     lines.append((index, line))
@@ -365,7 +368,7 @@ def line_problem(fields, ncols):
 
 def bad_line(path, sep, header_line, ncols, reason):
     """InputError naming the first malformed line of `path` (found by a line-by-line scan)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for index, line in enumerate(f):
             if index == header_line or is_blank(line, sep):
                 continue
@@ -439,6 +442,19 @@ def sample_negatives(user, item, num_users, num_items, n, rng, user_ids):
         rows = rows[repeat.any(axis=1)]
     owner = np.arange(num_users)[:, None]
     return ranks + np.searchsorted(adjusted, owner * num_items + ranks, side="right") - starts[:, None]
+
+
+def fingerprint(data_dir, name):
+    """{file name: sha256 of its bytes} for the split files NAME.* present in `data_dir`: what a run trained on."""
+    files = (f"{name}.{suffix}" for suffix in SPLIT_SUFFIXES)
+    paths = {file: os.path.join(data_dir, file) for file in files}
+    return {file: file_sha256(path) for file, path in paths.items() if os.path.isfile(path)}
+
+
+def changed_files(recorded, current):
+    """Names of the split files whose fingerprint differs between two fingerprint() results (added, removed or
+    rewritten), in file order."""
+    return [file for file in dict.fromkeys([*recorded, *current]) if recorded.get(file) != current.get(file)]
 
 
 def write_rows(path, columns, rows):

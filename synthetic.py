@@ -1,8 +1,9 @@
 """Write a synthetic playlist data set in the exact Melon Playlist Dataset (Kakao Arena) schema.
 
-Produces OUT/train.json (playlists: id, plylst_title, tags, songs, like_cnt, updt_date) and
+Produces OUT/train.json (playlists: id, plylst_title, tags, songs, like_cnt, updt_date),
 OUT/song_meta.json (songs: id, album_id, album_name, artist_id_basket, artist_name_basket,
-song_name, song_gn_gnr_basket, song_gn_dtl_gnr_basket, issue_date), with realistic statistics:
+song_name, song_gn_gnr_basket, song_gn_dtl_gnr_basket, issue_date) and OUT/genre_gn_all.json
+(genre and detail-genre code -> Korean name, e.g. "GN0100": "발라드"), with realistic statistics:
 lognormal (long-tailed) song popularity, lognormal playlist lengths averaging ~46 songs,
 playlists drawn from latent taste clusters (genre, artists, era) so collaborative filtering has
 signal, release dates 1970-2020 (a few with 00 month/day, a few unparseable), rare duplicate
@@ -50,6 +51,8 @@ GENRES = [
     (25, "아이돌", "K-Pop", False), (26, "EDM", "EDM", False), (27, "뮤지컬", "Musical", False),
     (28, "동요", "Kids", False), (29, "게임", "Game", False), (30, "매장음악", "Lounge", False),
 ]
+# Names of the detail genres GNxx01..GNxx09 under every genre GNxx00, as in the real genre_gn_all.json.
+DETAIL_NAMES = ["세부장르전체", "'80", "'90", "'00", "'10-", "국내", "해외", "인디", "리메이크"]
 KO_WORDS = ["사랑", "이별", "하루", "밤", "별", "바람", "꿈", "너", "우리", "봄", "여름", "가을", "겨울",
             "눈물", "기억", "그대", "시간", "노래", "하늘", "바다", "새벽", "거리", "비", "햇살", "마음",
             "추억", "약속", "첫사랑", "편지", "고백"]
@@ -310,6 +313,15 @@ def write_json(f, count, records):
     f.write("]")
 
 
+def genre_names():
+    """genre_gn_all.json's content: {"GN0100": "발라드", "GN0101": "세부장르전체", ...}, codes in ascending order."""
+    names = {}
+    for number, korean, _, _ in GENRES:
+        names[f"GN{number:02d}00"] = korean
+        names.update({f"GN{number:02d}{d:02d}": detail for d, detail in enumerate(DETAIL_NAMES, 1)})
+    return names
+
+
 def resolve_sizes(scale, playlists, songs, seed):
     """Validated (playlists, songs): the scale's sizes unless given."""
     if scale not in SCALES:
@@ -325,9 +337,9 @@ def resolve_sizes(scale, playlists, songs, seed):
 
 
 def write_dataset(out_dir, num_playlists, num_songs, seed):
-    """Generate and write both files; return (train path, song_meta path, number of playlist entries).
+    """Generate and write the three files; return (train path, song_meta path, number of playlist entries).
 
-    Neither file replaces an old one until both are completely written.
+    None of them replaces an old one until all are completely written.
     """
     rng = np.random.default_rng(seed)
     cat = make_catalogue(rng, num_songs)
@@ -336,16 +348,18 @@ def write_dataset(out_dir, num_playlists, num_songs, seed):
     meta_path = os.path.join(out_dir, "song_meta.json")
     try:
         with atomic_open(train_path, "w", encoding="utf-8") as train, \
-                atomic_open(meta_path, "w", encoding="utf-8") as meta:
+                atomic_open(meta_path, "w", encoding="utf-8") as meta, \
+                atomic_open(os.path.join(out_dir, "genre_gn_all.json"), "w", encoding="utf-8") as genres:
             write_json(train, num_playlists, lambda a, b: playlist_records(pls, a, b))
             write_json(meta, num_songs, lambda a, b: song_records(cat["meta"], a, b))
+            json.dump(genre_names(), genres, ensure_ascii=False)
     except OSError as e:
         raise InputError(f"--out {out_dir}: cannot write: {e.strerror or e}") from None
     return train_path, meta_path, len(pls["songs"])
 
 
 def generate(out_dir, scale="sample", playlists=None, songs=None, seed=42):
-    """Write OUT_DIR/train.json and OUT_DIR/song_meta.json; return their paths (train, song_meta)."""
+    """Write OUT_DIR/train.json, song_meta.json and genre_gn_all.json; return the paths (train, song_meta)."""
     train_path, meta_path, _ = write_dataset(out_dir, *resolve_sizes(scale, playlists, songs, seed), seed)
     return train_path, meta_path
 
@@ -365,7 +379,7 @@ def main():
     train_path, meta_path, entries = write_dataset(args.out, num_playlists, num_songs, args.seed)
     print(f"{num_playlists:,} playlists, {num_songs:,} songs, {entries:,} playlist-song entries "
           f"(mean {entries / num_playlists:.1f} per playlist) in {time.perf_counter() - began:.1f}s")
-    print(f"wrote {train_path} and {meta_path}")
+    print(f"wrote {train_path}, {meta_path} and {os.path.join(args.out, 'genre_gn_all.json')}")
 
 
 if __name__ == "__main__":

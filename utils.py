@@ -1,4 +1,5 @@
-"""Small shared helpers: one-line input errors with exit status 2, atomic file writes, the CLI parser."""
+"""Small shared helpers: one-line input errors with exit status 2, atomic file writes and links, the CLI parser,
+directory locks, what runs the code (provenance) and the memory left on a device."""
 import argparse
 import os
 import sys
@@ -88,3 +89,105 @@ def resolve_device(gpu, local_rank=0, local_world_size=1):
     if index >= torch.cuda.device_count():
         fail(f"--gpu: CUDA device {index} does not exist ({torch.cuda.device_count()} visible)")
     return torch.device(f"cuda:{index}")
+
+
+def lock_directory(directory, what="--save_dir"):
+    """Hold an exclusive lock on DIRECTORY/.lock (fcntl.flock, released when the process ends, however it ends);
+    returns the open lock file, to close when done. An InputError naming the holder if another process has it."""
+    import fcntl
+    path = os.path.join(directory, ".lock")
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise InputError(f"{what} {directory}: cannot write there: {e.strerror}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise InputError(f"{what} {directory} is in use by a run still in progress ({holder}): wait for it to end, "
+                         f"or choose another {what}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    f.flush()
+    return f
+
+
+def point_symlink(link, target):
+    """Make `link` a symbolic link to `target` (relative to the link's directory), replacing what was there in one
+    rename, so that a reader finds the old link or the new one, never none. Returns the previous target or None."""
+    previous = os.readlink(link) if os.path.islink(link) else None
+    tmp = os.path.join(os.path.dirname(link), f".{os.path.basename(link)}.{os.getpid()}.tmp")
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    return previous
+
+
+def file_sha256(path, chunk=1 << 20):
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_provenance(device):
+    """What runs this code: its git commit and whether the work tree had changes (None outside a git checkout),
+    Python, torch, numpy and CUDA versions, and the device with its name."""
+    import platform
+    import subprocess
+    import numpy
+    import torch
+    repo = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        try:
+            done = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if commit else None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+        except OSError:
+            pass
+    return {"git_commit": commit, "git_dirty": bool(status) if commit else None,
+            "python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(numpy.__version__),
+            "cuda": torch.version.cuda, "device": str(device), "device_name": name}
+
+
+def available_memory(device):
+    """Bytes that can still be allocated on `device` (free GPU memory; on the CPU, MemAvailable plus free swap), or
+    None when unknown."""
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2]}
+        return fields["MemAvailable"] + fields.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+
+def human_bytes(n):
+    """1536 -> '1.5 KB', 3e9 -> '3.0 GB' (powers of 1024)."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024

@@ -19,8 +19,8 @@ FLAGS = ["--dataset", "tiny", "--batch_size", "128", "--lr", "0.01", "--gpu", "c
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def start(command, **kwargs):
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def start(command, cwd=REPO, **kwargs):
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, WANDB_MODE="offline"), **kwargs)
 
 
@@ -174,14 +174,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data_dir, whole, tmp_p
 
 
 def test_torchrun_restart_resumes_from_last_pt(data_dir, two_ranks, tmp_path):
-    save_dir = str(tmp_path / "restarted")
-    process = start([*TORCHRUN, "--max_restarts", "1", "main.py", "--data_dir", data_dir, *FLAGS,
-                     "--wandb", "disabled", "--save_dir", save_dir])
-    wait_for_epoch(os.path.join(save_dir, "last.pt"), 1, process)
+    """The restarted workers continue in the run's own directory: the default one the first attempt made
+    (runs/DATASET/TIMESTAMP, found again through torchrun's store), which holds its last.pt and lock."""
+    process = start([*TORCHRUN, "--max_restarts", "1", os.path.join(REPO, "main.py"), "--data_dir", data_dir,
+                     *FLAGS, "--wandb", "disabled"], cwd=tmp_path)
+    wait_for_epoch(str(tmp_path / "runs" / "tiny" / "latest" / "last.pt"), 1, process)
     workers = subprocess.run(["ps", "--ppid", str(process.pid), "-o", "pid="], capture_output=True, text=True)
     os.kill(int(workers.stdout.split()[0]), signal.SIGKILL)
     out = finish(process)
     assert "restarted: resuming" in out
+    assert len(os.listdir(tmp_path / "runs" / "tiny")) == 2  # one run directory and latest
+    save_dir = os.path.realpath(tmp_path / "runs" / "tiny" / "latest")
     assert metrics(save_dir) == metrics(two_ranks[0])
 
 

@@ -183,3 +183,35 @@ def test_split_without_meta_uses_indices_as_ids(tiny_split, tmp_path):
     assert result.returncode == 0, result.stderr
     assert [int(row[1]) for row in table_rows(result.stdout, "rank")] == recommend(model, data, 3, 5)[0].tolist()
     assert run_evaluate("--checkpoint", checkpoint, "--recommend", str(data.num_users)).returncode == 2
+
+
+def test_genres_are_named_from_genre_gn_all_json(melon, tmp_path):
+    """Genre codes show as the names in genre_gn_all.json beside song_meta.json (the code where it has no name, or
+    where there is no such file), in --recommend, item_names and the run's results.md."""
+    data_dir, checkpoint, _, songs = melon
+    _, data = load_model(checkpoint)
+    song_meta = data.meta["song_meta"]
+    with open(os.path.join(os.path.dirname(song_meta), "genre_gn_all.json"), encoding="utf-8") as f:
+        names = json.load(f)
+    catalog = item_names(data.meta, range(50))
+    for entry in catalog.values():
+        assert entry["genre"] == ", ".join(names[code] for code in songs[entry["id"]]["song_gn_gnr_basket"])
+    assert any("발라드" in entry["genre"] or "댄스" in entry["genre"] for entry in catalog.values())
+    with open(os.path.join(os.path.dirname(checkpoint), "results.md"), encoding="utf-8") as f:
+        report = f.read()
+    assert "GN" not in report and any(name in report for name in set(names.values()))
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "song_meta.json").write_bytes(open(song_meta, "rb").read())
+    coded = item_names(dict(data.meta, song_meta=str(bare / "song_meta.json")), range(50))
+    assert all(entry["genre"] == ", ".join(songs[entry["id"]]["song_gn_gnr_basket"]) for entry in coded.values())
+    partial = dict(list(names.items())[:3])
+    (bare / "genre_gn_all.json").write_text("\ufeff" + json.dumps(partial, ensure_ascii=False), encoding="utf-8")
+    mixed = item_names(dict(data.meta, song_meta=str(bare / "song_meta.json")), range(50))
+    assert all(entry["genre"] == ", ".join(partial.get(c, c) for c in songs[entry["id"]]["song_gn_gnr_basket"])
+               for entry in mixed.values())
+    (bare / "genre_gn_all.json").write_text("[1, 2", encoding="utf-8")
+    from utils import InputError
+    with pytest.raises(InputError, match="genre_gn_all.json: malformed JSON"):
+        item_names(dict(data.meta, song_meta=str(bare / "song_meta.json")), range(5))

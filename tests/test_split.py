@@ -439,3 +439,26 @@ def test_write_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="No space left on device"):
         split(str(path), str(tmp_path / "out"), num_test_neg=1, verbose=False)
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_files_saved_with_a_utf8_byte_order_mark_read_as_without(tmp_path):
+    """train.json, song_meta.json and delimited files saved with a UTF-8 BOM (as some Windows editors do) give the
+    same split as without."""
+    path, _, _ = random_melon(tmp_path)
+    plain = split(path, str(tmp_path / "plain"), name="m", min_item_count=2, verbose=False)
+    for name in ("train.json", "song_meta.json"):
+        file = os.path.join(os.path.dirname(path), name)
+        with open(file, "rb") as f:
+            content = f.read()
+        with open(file, "wb") as f:
+            f.write(b"\xef\xbb\xbf" + content)
+    marked = split(path, str(tmp_path / "marked"), name="m", min_item_count=2, verbose=False)
+    assert {k: v for k, v in marked.items() if k != "source"} == {k: v for k, v in plain.items() if k != "source"}
+    for suffix in ("train.rating", "test.rating", "test.negative"):
+        assert (tmp_path / "plain" / f"m.{suffix}").read_bytes() == (tmp_path / "marked" / f"m.{suffix}").read_bytes()
+
+    lines = "\n".join(",".join(map(str, row)) for row in ROWS) + "\n"
+    for header in ("", "user,item,rating,timestamp\n"):
+        (tmp_path / "r.csv").write_text("\ufeff" + header + lines, encoding="utf-8")
+        meta = split(str(tmp_path / "r.csv"), str(tmp_path / "csv"), name="r", num_test_neg=1, verbose=False)
+        assert meta["user_ids"] == ["u1", "u2"] and meta["stats"]["raw_interactions"] == 8

@@ -188,7 +188,7 @@ def test_cli_writes_and_summarises(tmp_path):
     result = run("--playlists", "200", "--songs", "1500", "--seed", "3", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "200 playlists" in result.stdout and "1,500 songs" in result.stdout and str(out) in result.stdout
-    assert sorted(os.listdir(out)) == ["song_meta.json", "train.json"]
+    assert sorted(os.listdir(out)) == ["genre_gn_all.json", "song_meta.json", "train.json"]
     assert load(out / "train.json") == load(synthetic.generate(str(tmp_path / "api"), playlists=200, songs=1500,
                                                                seed=3)[0])
 
@@ -216,3 +216,17 @@ def test_unwritable_out_gives_one_line_and_leaves_nothing(tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "--out" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_genre_file_names_every_code_the_songs_use(tmp_path):
+    """genre_gn_all.json as in the real download: one JSON object, genre codes GNxx00 and detail codes GNxx01.. to
+    Korean names, covering every code in song_meta.json's genre baskets."""
+    synthetic.generate(str(tmp_path), playlists=50, songs=800, seed=1)
+    with open(tmp_path / "genre_gn_all.json", encoding="utf-8") as f:
+        names = json.load(f)
+    assert names["GN0100"] == "발라드" and names["GN0101"] == "세부장르전체" and names["GN1700"] == "재즈"
+    assert all(re.fullmatch(r"GN\d{4}", code) and isinstance(name, str) and name for code, name in names.items())
+    assert list(names) == sorted(names)
+    used = {code for song in load(tmp_path / "song_meta.json")
+            for code in song["song_gn_gnr_basket"] + song["song_gn_dtl_gnr_basket"]}
+    assert used and used <= names.keys()
