@@ -48,7 +48,7 @@ def table2(factor, pretrain):
     paper = {(8, True): "0.684 / 0.403", (16, True): "0.707 / 0.426", (32, True): "0.726 / 0.445",
              (64, True): "0.730 / 0.447", (8, False): "0.688 / 0.410", (16, False): "0.696 / 0.420",
              (32, False): "0.701 / 0.425", (64, False): "0.705 / 0.426"}[factor, pretrain]
-    flags = " --pretrain --finetune_optim sgd --finetune_lr 0.5" if pretrain else ""
+    flags = " --pretrain --finetune_optim sgd --finetune_lr 2" if pretrain else ""
     return Experiment(f"main.py $ML1M --no-exclude_test_neg --no-sparse --latent_dim_mf {factor}{flags}", paper)
 
 
@@ -93,7 +93,7 @@ EXPERIMENTS = {
     "lastfm-pretrain-adam": Experiment("main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg "
                                        "--pretrain", readme="0.7649 / 0.6088"),
     "lastfm-pretrain-sgd": Experiment("main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg "
-                                      "--pretrain --finetune_optim sgd --finetune_lr 0.5"),
+                                      "--pretrain --finetune_optim sgd --finetune_lr 2"),
     "lastfm-grid": Experiment("grid.py --data_dir data --dataset lastfm_random --no-exclude_test_neg",
                               readme="best cell 0.7951 / 0.6393"),
     "sample": Experiment("main.py", readme="0.4993 / 0.2478", full_ranking=True),
