@@ -40,6 +40,8 @@ def test_list_names_every_readme_experiment():
 
 def in_process(argv, monkeypatch):
     """reproduce.command, run in this process (no interpreter start-up and torch import a command): the status."""
+    if argv[1] == "-m":  # torchrun: its ranks are processes of their own
+        return subprocess.run(argv, cwd=REPO).returncode
     script, flags = argv[1], argv[2:]
     monkeypatch.setattr(sys, "argv", [script, *flags])
     entry = {"main.py": lambda: main.main(flags), "grid.py": grid.run_grid, "evaluate.py": evaluate_cli.main}[script]
