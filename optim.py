@@ -78,6 +78,7 @@ class FusedStep:
             self.bias, self.bias_grad = values[model.predict.bias], self.grads[model.predict.bias]
         self.flat_moments = torch.zeros(2, len(self.flat), device=device)
         self.slots = torch.zeros(rows, dtype=torch.int64, device=device)  # scratch space of unique_rows
+        self.table_grad = None if sparse else torch.zeros_like(self.table)  # the dense update's gradient
         self.positions = torch.arange(0, device=device)
         self.step = torch.zeros((), device=device)
         if ctx is not None and ctx.world_size > 1:
@@ -172,7 +173,7 @@ class FusedStep:
             if self.sparse:
                 self.table.index_add_(0, ids, row_grads, alpha=-lr)
             else:
-                grad = torch.zeros_like(self.table).index_add_(0, ids, row_grads)
+                grad = self.table_grad.zero_().index_add_(0, ids, row_grads)
                 self.table.add_(grad.add_(self.table, alpha=l2) if l2 else grad, alpha=-lr)
             self.flat.add_(self.flat_grad.add_(self.flat, alpha=l2) if l2 else self.flat_grad, alpha=-lr)
         elif self.sparse:
@@ -183,7 +184,7 @@ class FusedStep:
                   [planes[2], self.flat_moments[1]], self.step, lr, self.betas, self.eps)
             self.planes.index_copy_(1, rows, planes)
         else:
-            grad = torch.zeros_like(self.table).index_add_(0, ids, row_grads)
+            grad = self.table_grad.zero_().index_add_(0, ids, row_grads)
             adam_([self.table, self.flat], [grad, self.flat_grad], [self.planes[1], self.flat_moments[0]],
                   [self.planes[2], self.flat_moments[1]], self.step, lr, self.betas, self.eps, l2)
 
