@@ -708,7 +708,12 @@ def train(args, ctx, checkpoint=None, provenance=None):
         start_loss = checkpoint.get("epoch_loss_sum", 0.0) if ctx.is_main else 0.0  # summed over ranks once
     train_step = make_step(model, args, sparse, ctx)
     if checkpoint is not None:
-        train_step.load_state_dict(checkpoint["optimizer"])
+        try:
+            train_step.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError, RuntimeError):
+            raise InputError(f"{args.resume or os.path.join(args.save_dir, 'last.pt')}: its optimizer state does "
+                             f"not fit this version's {type(train_step).__name__} (an older checkpoint?); "
+                             f"start a new run") from None
     run = None
     if ctx.is_main:
         os.makedirs(args.save_dir, exist_ok=True)
