@@ -68,8 +68,9 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
         rest = np.flatnonzero(in_train)
         val_rows = rest[hold_out(user[rest], when[rest], rest, test_item, ties_last, pick_val)]
         in_train[val_rows] = False
-    negatives = sample_negatives(user, item, num_users, num_items, num_test_neg, neg_test, user_ids)
-    val_negatives = sample_negatives(user, item, num_users, num_items, num_test_neg, neg_val, user_ids) if val else None
+    negatives = sample_test_negatives(user, item, num_users, num_items, num_test_neg, neg_test, user_ids)
+    val_negatives = (sample_test_negatives(user, item, num_users, num_items, num_test_neg, neg_val, user_ids)
+                     if val else None)
     train_rows = np.flatnonzero(in_train)
     train_rows = train_rows[np.argsort(user[train_rows], kind="stable")]
 
@@ -100,7 +101,7 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     if val:
         files[f"{name}.val.rating"] = lambda p: write_rows(p, columns, val_rows)
         files[f"{name}.val.negative"] = lambda p: write_negatives(p, user, item, val_rows, val_negatives)
-    files[f"{name}.meta.json"] = lambda p: write_json(p, meta)
+    files[f"{name}.meta.json"] = lambda p: write_meta(p, meta)
     paths = write_all(out_dir, files)
     if verbose:
         print(summary(meta, paths, time.time() - start))
@@ -412,7 +413,7 @@ def hold_out(user, when, position, rule, ties_last, rng):
     return order[np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])]
 
 
-def sample_negatives(user, item, num_users, num_items, n, rng, user_ids):
+def sample_test_negatives(user, item, num_users, num_items, n, rng, user_ids):
     """(num_users, n) items each user never interacted with, uniform without replacement.
 
     Draws ranks r in [0, free_u) among the user's unseen items (redrawing duplicates in bulk) and maps a rank to
@@ -470,7 +471,7 @@ def write_negatives(path, user, item, rows, negatives):
     frame.to_csv(path, sep="\t", header=False, index=False, lineterminator="\n")
 
 
-def write_json(path, meta):
+def write_meta(path, meta):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False)
         f.write("\n")
