@@ -23,7 +23,7 @@ import dataloader
 import distributed
 import main
 from evaluate import full_ranks, sampled_ranks
-from model import NCF
+from model import build_model
 from utils import Parser, atomic_open, resolve_device, run_cli
 
 
@@ -59,7 +59,7 @@ def per_sample_pipeline(data, args, steps):
         def __getitem__(self, i):
             return users[i], items[i], labels[i]
 
-    model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model).to(data.device)
+    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model).to(data.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loader = torch.utils.data.DataLoader(Samples(), batch_size=args.batch_size, shuffle=True)
     started, done = time.perf_counter(), 0
@@ -103,7 +103,8 @@ def bench():
         device, lambda: dataloader.load(args.data_dir, args.dataset, device, args.exclude_test_neg))
     torch.manual_seed(args.seed)
     sparse = main.uses_sparse_updates(args, device)
-    model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
+    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model,
+                        sparse).to(device)
     ctx = distributed.Context(0, 1, device)
     train_step = main.make_step(model, args, sparse, ctx)
     samples = len(data.train_users) * (1 + args.num_neg)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import dataloader
 from metrics import full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
-from model import NCF
+from model import build_model
 from split import MISSING, changed_files, fingerprint, read_json
 from utils import InputError, Parser, resolve_device, run_cli
 
@@ -305,7 +305,7 @@ def split_changes(checkpoint, data_dir, dataset):
 
 def model_from_checkpoint(checkpoint, data):
     config = checkpoint["config"]
-    model = NCF(data.num_users, data.num_items, config["latent_dim_mf"], config["num_layers"], config["model"])
+    model = build_model(data.num_users, data.num_items, config["latent_dim_mf"], config["num_layers"], config["model"])
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:

@@ -26,7 +26,7 @@ import distributed
 from evaluate import (full_ranks, item_names, load_checkpoint, load_pretrained_checkpoints, recommend, sampled_ranks,
                       split_changes)
 from metrics import hit_ratio_from_ranks, ndcg_from_ranks
-from model import MODELS, NCF, load_pretrained
+from model import MODELS, build_model, load_pretrained
 from optim import FUSED_OPTIMIZERS, AutogradStep, FusedStep, LazyAdam
 from split import fingerprint
 from utils import (InputError, Parser, atomic_open, atomic_path, available_memory, code_provenance, gpu_indices,
@@ -307,7 +307,7 @@ def check_memory(args, data, device):
     lower = "lower --latent_dim_mf" + (" or --num_layers" if args.model in ("mlp", "neumf") else "")
     try:
         with torch.device("meta"):
-            model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model)
+            model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model)
     except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as e:
         reason = f"MLP embeddings of {args.latent_dim_mf * 2 ** (args.num_layers - 1):.3g} values a row" \
             if args.model in ("mlp", "neumf") else one_line(e)
@@ -693,7 +693,8 @@ def train(args, ctx, checkpoint=None, provenance=None):
     check_memory(args, data, device)
 
     sparse = uses_sparse_updates(args, device, ctx.print)
-    model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
+    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model,
+                        sparse).to(device)
     if args.pretrain_gmf and checkpoint is None and ctx.is_main:  # the other ranks get these weights from rank 0
         gmf, mlp = load_pretrained_checkpoints(args, data, device)
         load_pretrained(model, gmf["model"], mlp["model"], args.alpha)

@@ -31,7 +31,7 @@ def embedding_parts(model):
 
 class FusedStep:
     """Adam (lazy on embedding rows when `sparse`, else torch.optim.Adam's dense update) or plain SGD, with weight
-    decay `l2` (dense only), for an NCF model of model.py; ctx: a distributed.Context (gradients summed over
+    decay `l2` (dense only), for an NCF or MF model of model.py; ctx: a distributed.Context (gradients summed over
     its ranks). Rebinds the model's parameters to views of its own storage: build it after moving the model."""
 
     def __init__(self, model, optim="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, l2=0.0, sparse=True, ctx=None,
@@ -44,7 +44,9 @@ class FusedStep:
         self.max_shard_rows = 2 * -(-batch_size // ctx.world_size) if ctx is not None and ctx.world_size > 1 else 0
         user_parts, item_parts = embedding_parts(model)
         self.num_users, self.width = user_parts[0].num_embeddings, sum(m.embedding_dim for m in user_parts)
-        self.factor = model.user_gmf.embedding_dim if model.use_gmf else 0
+        self.kind = model.model  # gmf, mlp, neumf or mf
+        self.use_gmf, self.use_mlp = hasattr(model, "user_gmf"), hasattr(model, "mlp")  # MF: the GMF tables
+        self.factor = model.user_gmf.embedding_dim if self.use_gmf else 0
         device = next(model.parameters()).device
         rows = self.num_users + item_parts[0].num_embeddings
         # Planes: the table of weights, then (Adam) the two moments, so that a row's three are gathered at once.
@@ -68,10 +70,10 @@ class FusedStep:
             p.data = values[p]
             offset += p.numel()
         self.linears = [(values[m.weight], values[m.bias]) for m in model.mlp if isinstance(m, torch.nn.Linear)] \
-            if model.use_mlp else []
+            if self.use_mlp else []
         self.linear_grads = [(self.grads[m.weight], self.grads[m.bias]) for m in model.mlp
-                             if isinstance(m, torch.nn.Linear)] if model.use_mlp else []
-        if model.model == "mf":
+                             if isinstance(m, torch.nn.Linear)] if self.use_mlp else []
+        if self.kind == "mf":
             self.bias, self.bias_grad = values[model.bias], self.grads[model.bias]
         else:
             self.predict, self.predict_grad = values[model.predict.weight][0], self.grads[model.predict.weight][0]
@@ -111,8 +113,8 @@ class FusedStep:
     def gradients(self, pairs, labels, scale):
         """(d loss / d pairs, summed loss) for pairs [batch, 2 * width] (a user's row, then its item's row); the
         dense parameters' gradients are written to self.flat_grad."""
-        model, factor, width = self.model, self.factor, self.width
-        if model.model == "mf":
+        factor, width = self.factor, self.width
+        if self.kind == "mf":
             user, item = pairs[:, :factor], pairs[:, factor + 2:]
             logits = (user * item).sum(1).add_(pairs[:, factor]).add_(pairs[:, factor + 1]).add_(self.bias)
             loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
@@ -121,10 +123,10 @@ class FusedStep:
             d_logits = d_logits[:, None]
             return torch.cat([d_logits * item, d_logits, d_logits, d_logits * user], 1), loss
         parts = []
-        if model.use_gmf:
+        if self.use_gmf:
             user, item = pairs[:, :factor], pairs[:, 2 * width - factor:]
             parts.append(user * item)
-        if model.use_mlp:
+        if self.use_mlp:
             hidden = [pairs[:, factor:2 * width - factor]]
             for weight, bias in self.linears:
                 hidden.append(torch.addmm(bias, hidden[-1], weight.t()).relu_())
@@ -136,7 +138,7 @@ class FusedStep:
         torch.mv(last.t(), d_logits, out=self.predict_grad)
         torch.sum(d_logits, 0, keepdim=True, out=self.bias_grad)
         d_last = torch.outer(d_logits, self.predict)
-        if not model.use_mlp:
+        if not self.use_mlp:
             d_product = d_last
             return torch.cat([d_product * item, d_product * user], 1), loss
         d_hidden = d_last[:, factor:]
@@ -146,7 +148,7 @@ class FusedStep:
             torch.mm(d_hidden.t(), below, out=weight_grad)
             torch.sum(d_hidden, 0, out=bias_grad)
             d_hidden = d_hidden @ weight
-        if not model.use_gmf:
+        if not self.use_gmf:
             return d_hidden, loss
         d_product = d_last[:, :factor]
         return torch.cat([d_product * item, d_hidden, d_product * user], 1), loss
