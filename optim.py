@@ -7,14 +7,14 @@ flat buffer; the gradients of GMF, MLP, NeuMF and MF are derived by hand (model.
 they are tested against), and the update is a handful of operations on the batch's unique rows (lazy: rows
 outside the batch untouched) or on the whole table (dense, the seed's update), plus one on the flat buffer.
 AutogradStep is the plain path (autograd through model.py and a torch.optim optimizer, with LazyAdam for
-sparse gradients), for Adagrad, RMSprop and --amp.
+sparse gradients), for Adagrad, RMSprop and --amp. make_step builds the step main.py's flags ask for.
 """
 import torch
 import torch.nn.functional as F
 
+import distributed
+
 FUSED_OPTIMIZERS = ("adam", "sgd")
-
-
 def adam_(weights, grads, exp_avgs, exp_avg_sqs, step, lr, betas, eps, l2=0.0):
     """torch.optim.Adam's update (fused=True) of each tensor of the list `weights` (contiguous) and its moments, in
     place, at step `step` (a 0-d float tensor on their device)."""
@@ -246,3 +246,34 @@ class LazyAdam(torch.optim.Optimizer):
                 else:
                     adam_([p], [p.grad], [state["exp_avg"]], [state["exp_avg_sq"]], state["step"], group["lr"],
                           group["betas"], group["eps"])
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
+              "rmsprop": torch.optim.RMSprop}
+SPARSE_OPTIMIZERS = {"adam": LazyAdam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+
+
+def uses_sparse_updates(args, device, say=print):
+    """Whether the embeddings get sparse (lazy) updates: asked for (by default on the CPU), and the optimizer and
+    weight decay allow it."""
+    wanted = device.type != "cuda" if args.sparse is None else args.sparse
+    if wanted and (args.l2 > 0 or args.optim not in SPARSE_OPTIMIZERS):
+        if args.sparse:
+            say(f"note: dense embedding updates, as --optim {args.optim} with --l2 {args.l2} needs them")
+        return False
+    return wanted
+
+
+def make_step(model, args, sparse, ctx):
+    """The training step for `model` on every rank of `ctx`: FusedStep for Adam and SGD, autograd with a torch
+    optimizer for the others and for --amp."""
+    if args.optim in FUSED_OPTIMIZERS and not args.amp:
+        return FusedStep(model, args.optim, args.lr, (args.beta1, args.beta2), l2=args.l2, sparse=sparse, ctx=ctx,
+                         batch_size=args.batch_size)
+    trained = distributed.data_parallel(model, ctx, args.batch_size)
+    betas = {"betas": (args.beta1, args.beta2)} if args.optim == "adam" else {}
+    if sparse:
+        optimizer = SPARSE_OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, **betas)
+    else:
+        optimizer = OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, weight_decay=args.l2, **betas)
+    return AutogradStep(trained, optimizer, args.amp, ctx.world_size)

@@ -21,11 +21,9 @@ from contextlib import ExitStack
 import numpy as np
 import pandas as pd
 
-from utils import InputError, Parser, atomic_path, file_sha256, run_cli
+from utils import MISSING, InputError, Parser, atomic_path, read_json, run_cli
 
 TEST_ITEM_RULES = ("latest", "last", "random")
-MISSING = object()
-SPLIT_SUFFIXES = ("train.rating", "test.rating", "test.negative", "val.rating", "val.negative", "meta.json")
 INT_TOKEN = r"-?\d{1,18}"
 BAD_DATE = np.iinfo(np.int64).min
 
@@ -124,24 +122,6 @@ def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed,
         raise InputError(f"--seed must be >= 0 (got {seed})")
     if name is not None and (not name or os.sep in name or name in (".", "..")):
         raise InputError(f"--name must be a plain file name (got {name!r})")
-
-
-def read_json(path, keys, where=None):
-    """json.load `path` (UTF-8, with or without a byte order mark), keeping only `keys` of each object (as a tuple,
-    MISSING where absent) to save memory, or everything when `keys` is None; with `where`, an object for which
-    where(object) is false becomes None. A one-line InputError naming the file when it cannot be read."""
-    def keep(record):
-        return tuple(record.get(k, MISSING) for k in keys) if where is None or where(record) else None
-
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f, object_hook=keep if keys is not None else None)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def check_records(path, records, kinds):
@@ -443,19 +423,6 @@ def sample_test_negatives(user, item, num_users, num_items, n, rng, user_ids):
         rows = rows[repeat.any(axis=1)]
     owner = np.arange(num_users)[:, None]
     return ranks + np.searchsorted(adjusted, owner * num_items + ranks, side="right") - starts[:, None]
-
-
-def fingerprint(data_dir, name):
-    """{file name: sha256 of its bytes} for the split files NAME.* present in `data_dir`: what a run trained on."""
-    files = (f"{name}.{suffix}" for suffix in SPLIT_SUFFIXES)
-    paths = {file: os.path.join(data_dir, file) for file in files}
-    return {file: file_sha256(path) for file, path in paths.items() if os.path.isfile(path)}
-
-
-def changed_files(recorded, current):
-    """Names of the split files whose fingerprint differs between two fingerprint() results (added, removed or
-    rewritten), in file order."""
-    return [file for file in dict.fromkeys([*recorded, *current]) if recorded.get(file) != current.get(file)]
 
 
 def write_rows(path, columns, rows):
