@@ -23,8 +23,10 @@ import dataloader
 import distributed
 import main
 from evaluate import full_ranks, sampled_ranks
-from model import NCF
-from utils import Parser, atomic_open, resolve_device, run_cli
+from model import build_model
+from optim import make_step, uses_sparse_updates
+from training import Position, epoch_size, train_epoch
+from utils import Parser, atomic_open, run_cli
 
 
 def peak_rss_gib():
@@ -59,7 +61,7 @@ def per_sample_pipeline(data, args, steps):
         def __getitem__(self, i):
             return users[i], items[i], labels[i]
 
-    model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model).to(data.device)
+    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model).to(data.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loader = torch.utils.data.DataLoader(Samples(), batch_size=args.batch_size, shuffle=True)
     started, done = time.perf_counter(), 0
@@ -89,7 +91,8 @@ def bench():
     for flag in ("full_users", "per_sample_steps"):
         if getattr(own, flag) < 0:
             parser.error(f"--{flag} must not be negative, got {getattr(own, flag)}")
-    device = resolve_device(args.gpu)
+    ctx = distributed.setup(args.gpu)  # one process: bench.py is not started by torchrun
+    device = ctx.device
     torch.set_num_threads(args.threads)
     figures = {}
 
@@ -102,15 +105,15 @@ def bench():
     data, figures["load_seconds"] = timed(
         device, lambda: dataloader.load(args.data_dir, args.dataset, device, args.exclude_test_neg))
     torch.manual_seed(args.seed)
-    sparse = main.uses_sparse_updates(args, device)
-    model = NCF(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model, sparse).to(device)
-    ctx = distributed.Context(0, 1, device)
-    train_step = main.make_step(model, args, sparse, ctx)
-    samples = len(data.train_users) * (1 + args.num_neg)
+    sparse = uses_sparse_updates(args, device)
+    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model,
+                        sparse).to(device)
+    train_step = make_step(model, args, sparse, ctx)
+    samples = epoch_size(data, args)
 
     _, figures["sampling_seconds"] = timed(device, lambda: dataloader.epoch_samples(data, args.num_neg, args.seed, 0))
-    (loss_sum, steps, _), figures["epoch_seconds"] = timed(
-        device, lambda: main.train_epoch(model, train_step, data, args, ctx, 1))
+    position = Position()  # the start of epoch 1
+    _, figures["epoch_seconds"] = timed(device, lambda: train_epoch(train_step, data, args, ctx, position))
     figures["samples_per_second"] = samples / figures["epoch_seconds"]
     figures["training_samples_per_second"] = samples / (figures["epoch_seconds"] - figures["sampling_seconds"])
     figures["peak_rss_gib_after_training"] = peak_rss_gib()
@@ -131,8 +134,8 @@ def bench():
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "device": str(device),
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()}
     setup = {"dataset": args.dataset, "users": data.num_users, "items": data.num_items,
-             "training_pairs": len(data.train_users), "samples_per_epoch": samples, "steps_per_epoch": steps,
-             "epoch_loss": loss_sum / samples}
+             "training_pairs": len(data.train_users), "samples_per_epoch": samples,
+             "steps_per_epoch": position.step, "epoch_loss": position.loss_sum / samples}
     config = {k: getattr(args, k) for k in ("model", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "lr",
                                             "beta1", "beta2", "optim", "amp", "threads", "exclude_test_neg")}
     config.update(sparse=sparse, step=type(train_step).__name__)

@@ -1,4 +1,5 @@
-"""Split files -> tensors on the device: training pairs, exact vectorised negative sampling per epoch, test candidates.
+"""Split files -> tensors on the device: training pairs, exact vectorised negative sampling per epoch, test candidates;
+which split to train on by default (the built-in sample, made on first use, when there is no Melon split).
 
 Reads the NCF paper's format (NAME.train.rating, NAME.test.rating, NAME.test.negative, optional NAME.val.*,
 optional NAME.meta.json), including the paper's own ML-1M files unchanged.
@@ -227,3 +228,17 @@ def batches(tensors, batch_size, rank=0, world_size=1, start=0):
     being shuffled) hold the same mix of positives and negatives."""
     for begin in range(start * batch_size, len(tensors[0]), batch_size):
         yield [t[begin:begin + batch_size][rank::world_size] for t in tensors]
+
+
+def default_dataset(data_dir):
+    """melon when its split exists; otherwise the built-in synthetic sample, generated and split on first use."""
+    if os.path.exists(os.path.join(data_dir, "melon.train.rating")):
+        return "melon"
+    if not os.path.exists(os.path.join(data_dir, "sample.train.rating")):
+        import split
+        import synthetic
+        train_json, _ = synthetic.generate(os.path.join(data_dir, "sample"))
+        split.split(train_json, data_dir, "sample")
+    print(f"no Melon split at {os.path.join(data_dir, 'melon.train.rating')}: "
+          f"training on the built-in synthetic sample ({os.path.join(data_dir, 'sample')}.*)")
+    return "sample"

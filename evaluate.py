@@ -4,12 +4,11 @@
     python3 evaluate.py --checkpoint runs/NAME/best.pt --recommend PLAYLIST_ID [--k 10]
     python3 evaluate.py --checkpoint runs/NAME/best.pt --similar SONG_ID [--k 10]
 
-The functions take a model in memory: evaluate / evaluate_full (HR@K, NDCG@K in batches), recommend (the top-K
+The functions take a model in memory: score, evaluate / evaluate_full (HR@K, NDCG@K in batches), recommend (the top-K
 items a user has no interaction with), similar_items (nearest items in the learned embeddings), item_names
 (original ids and names of items) and playlist_title.
 """
 import os
-import pickle
 import sys
 import unicodedata
 from contextlib import contextmanager
@@ -19,12 +18,10 @@ import torch.nn.functional as F
 
 import dataloader
 from metrics import full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
-from model import NCF
-from split import MISSING, changed_files, fingerprint, read_json
-from utils import InputError, Parser, resolve_device, run_cli
+from model import build_model
+from runs import load_checkpoint, split_changes
+from utils import MISSING, InputError, Parser, read_json, resolve_device, run_cli
 
-
-CONFIG_KEYS = {"data_dir", "dataset", "model", "latent_dim_mf", "num_layers", "topk"}  # what loading a model needs
 SONG_FIELDS = ("id", "song_name", "artist_name_basket", "song_gn_gnr_basket", "issue_date")
 
 
@@ -73,16 +70,28 @@ def full_ranks(model, data, candidates, batch_pairs=1 << 20):
     return torch.cat(ranks)
 
 
-def evaluate(model, candidates, k=10):
-    """(HR@k, NDCG@k) over `candidates` (column 0 the held-out item), scored in batches."""
-    ranks = sampled_ranks(model, candidates)
+def score(model, data, candidates, k=10, protocol="sampled", ctx=None):
+    """(HR@k, NDCG@k) over `candidates` (column 0 the held-out item), scored in batches, with the held-out item
+    ranked among the row's candidates (protocol "sampled") or among all items unseen in training in `data`
+    ("full"). With `ctx` (a distributed.Context) every rank ranks every world_size-th row, and all get the
+    figures of all rows."""
+    if ctx is not None and ctx.world_size > 1:
+        candidates = dataloader.Candidates(candidates.users[ctx.rank::ctx.world_size],
+                                           candidates.items[ctx.rank::ctx.world_size])
+    ranks = sampled_ranks(model, candidates) if protocol == "sampled" else full_ranks(model, data, candidates)
+    if ctx is not None:
+        ranks = ctx.gather_rows(ranks)
     return hit_ratio_from_ranks(ranks, k), ndcg_from_ranks(ranks, k)
+
+
+def evaluate(model, candidates, k=10):
+    """(HR@k, NDCG@k) of the held-out items among their sampled candidates."""
+    return score(model, None, candidates, k)
 
 
 def evaluate_full(model, data, candidates, k=10):
     """(HR@k, NDCG@k) with the held-out item ranked among all items unseen in training."""
-    ranks = full_ranks(model, data, candidates)
-    return hit_ratio_from_ranks(ranks, k), ndcg_from_ranks(ranks, k)
+    return score(model, data, candidates, k, "full")
 
 
 def user_items(data, user):
@@ -252,60 +261,9 @@ def print_similar(model, data, song_id, k):
     print(item_table(catalog, top.tolist(), similarity.tolist(), "cosine"))
 
 
-def load_checkpoint(path, device="cpu"):
-    """A checkpoint written by main.py, loaded with weights_only=True; a one-line error if it is missing or corrupt."""
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such checkpoint")
-    if os.path.isdir(path):
-        raise InputError(f"{path}: a directory, not a checkpoint (best.pt or last.pt inside it?)")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch.load fails in many ways on other files (KeyError on text, BadZipFile, ...)
-        reason = ("not a file written by torch.save" if isinstance(e, (KeyError, pickle.UnpicklingError))
-                  else "empty or cut short" if isinstance(e, EOFError)
-                  else (str(e).strip().splitlines() or [type(e).__name__])[0][:120])
-        raise InputError(f"{path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(checkpoint, dict) or not {"config", "model", "epoch"} <= checkpoint.keys() \
-            or not isinstance(checkpoint["config"], dict) or not CONFIG_KEYS <= checkpoint["config"].keys():
-        raise InputError(f"{path}: not a checkpoint written by main.py")
-    return checkpoint
-
-
-def load_pretrained_checkpoints(args, data, device="cpu"):
-    """The --pretrain_gmf and --pretrain_mlp checkpoints, each checked to be of its kind and to fit the NeuMF that
-    `args` describes on `data` (factor, layers, users and items); a one-line error naming the flag otherwise."""
-    checkpoints = []
-    for kind in ("gmf", "mlp"):
-        flag, path = f"--pretrain_{kind}", getattr(args, f"pretrain_{kind}")
-        checkpoint = load_checkpoint(path, device)
-        config = checkpoint["config"]
-        if config["model"] != kind:
-            raise InputError(f"{flag} {path}: a {config['model']} checkpoint, not a {kind} one")
-        for name in ("latent_dim_mf", "num_layers") if kind == "mlp" else ("latent_dim_mf",):
-            if config[name] != getattr(args, name):
-                raise InputError(f"{flag} {path}: trained with --{name} {config[name]}, not {getattr(args, name)}")
-        state = checkpoint["model"]
-        rows = tuple(state[f"{side}_{kind}.weight"].shape[0] for side in ("user", "item")
-                     if f"{side}_{kind}.weight" in state)
-        if len(rows) == 2 and rows != (data.num_users, data.num_items):
-            raise InputError(f"{flag} {path}: trained on {rows[0]:,} users x {rows[1]:,} items, not the "
-                             f"{data.num_users:,} x {data.num_items:,} of data set {data.name!r}")
-        checkpoints.append(checkpoint)
-    return checkpoints
-
-
-def split_changes(checkpoint, data_dir, dataset):
-    """Paths of the split files that differ from those the checkpoint was trained on ([] when the checkpoint
-    predates split fingerprints)."""
-    recorded = (checkpoint.get("provenance") or {}).get("split_files")
-    if recorded is None:
-        return []
-    return [os.path.join(data_dir, file) for file in changed_files(recorded, fingerprint(data_dir, dataset))]
-
-
 def model_from_checkpoint(checkpoint, data):
     config = checkpoint["config"]
-    model = NCF(data.num_users, data.num_items, config["latent_dim_mf"], config["num_layers"], config["model"])
+    model = build_model(data.num_users, data.num_items, config["latent_dim_mf"], config["num_layers"], config["model"])
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
@@ -347,9 +305,9 @@ def main():
     candidates = data.test if args.split == "test" else data.val
     if candidates is None:
         raise InputError(f"--split val: data set {data.name!r} has no validation split (split.py --val)")
-    score = evaluate(model, candidates, k) if args.eval == "sampled" else evaluate_full(model, data, candidates, k)
+    hr, ndcg = score(model, data, candidates, k, args.eval)
     print(f"{args.checkpoint} (epoch {checkpoint['epoch']}, {args.eval} {args.split}): "
-          f"HR@{k} {score[0]:.4f} NDCG@{k} {score[1]:.4f}")
+          f"HR@{k} {hr:.4f} NDCG@{k} {ndcg:.4f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ import shlex
 import sys
 import time
 
+import dataloader
 import main
+from runs import changed_flags
 from utils import Parser, atomic_open, fail, resolve_device, run_cli
 
 GRID = {"num_neg": (1, 5, 10), "latent_dim_mf": (4, 8, 16), "num_layers": (1, 2, 3)}
@@ -75,7 +77,7 @@ def finished(save_dir, cell_args):
     with open(path) as f:
         results = json.load(f)
     config = results["config"]
-    stale = [k for k, v in vars(cell_args).items() if k not in NOT_COMPARED and k in config and config[k] != v]
+    stale = changed_flags(config, cell_args, NOT_COMPARED)
     if stale:
         fail(f"{path}: finished with --{stale[0]} {config[stale[0]]}, not {getattr(cell_args, stale[0])}: "
              f"use another --out_dir, or delete it to recompute that cell")
@@ -108,7 +110,7 @@ def write_tables(out_dir, rows, header, k):
 
 def run_grid():
     args, passed = parse_args()
-    args.dataset = args.dataset or main.default_dataset(args.data_dir)
+    args.dataset = args.dataset or dataloader.default_dataset(args.data_dir)
     out_dir = args.out_dir or os.path.join("runs", f"grid_{args.dataset}")
     resolve_device(args.gpu)  # a bad --gpu fails here, once, rather than in the first cell
     cells = list(itertools.product(*GRID.values()))

@@ -8,22 +8,14 @@ def held_out_rank(scores):
 
 
 def hit_ratio_from_ranks(ranks, k):
+    """HR@K: the share of rows whose held-out item ranks (0-based `ranks`) in the top K."""
     return (ranks < k).double().mean().item()
 
 
 def ndcg_from_ranks(ranks, k):
+    """NDCG@K with one relevant item: mean of 1/log2(rank + 1) (1-based rank) when it ranks in the top K, else 0."""
     gains = 1.0 / torch.log2(ranks.double() + 2.0)
     return torch.where(ranks < k, gains, torch.zeros_like(gains)).mean().item()
-
-
-def hit_ratio(scores, k=10):
-    """HR@K: share of users whose held-out item (column 0 of `scores` [users, candidates]) ranks in the top K."""
-    return hit_ratio_from_ranks(held_out_rank(scores), k)
-
-
-def ndcg(scores, k=10):
-    """NDCG@K with one relevant item: mean of 1/log2(rank + 1) (1-based rank) when it ranks in the top K, else 0."""
-    return ndcg_from_ranks(held_out_rank(scores), k)
 
 
 def full_rank(scores, held_out, seen_rows, seen_items):

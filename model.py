@@ -8,20 +8,21 @@ MODELS = ("gmf", "mlp", "neumf", "mf")
 
 
 class NCF(nn.Module):
-    """One of the NCF models or MF, chosen by `model`; forward returns logits.
+    """GMF, MLP or NeuMF, chosen by `model`; forward returns logits.
 
     GMF: user and item embeddings of size `factor`, element-wise product.
     MLP: embeddings of size factor * 2**(num_layers - 1) per side, concatenated, then `num_layers`
     Linear+ReLU layers each halving the width down to `factor` (factor 8, 3 layers: 64 -> 32 -> 16 -> 8).
     NeuMF: both, the output layer reading [GMF product, MLP output].
-    MF: dot product of user and item embeddings of size `factor`, plus user, item and global biases.
     sparse: embedding gradients hold only the batch's rows (for optimizers that update only those rows).
     """
 
     def __init__(self, num_users, num_items, factor=8, num_layers=3, model="neumf", sparse=False):
         super().__init__()
+        if model not in ("gmf", "mlp", "neumf"):
+            raise ValueError(f"NCF: model {model!r} is not gmf, mlp or neumf (MF is the class MF)")
         self.model = model
-        self.use_gmf = model in ("gmf", "neumf", "mf")
+        self.use_gmf = model in ("gmf", "neumf")
         self.use_mlp = model in ("mlp", "neumf")
         if self.use_gmf:
             self.user_gmf = nn.Embedding(num_users, factor, sparse=sparse)
@@ -35,22 +36,13 @@ class NCF(nn.Module):
             for width_in, width_out in zip(widths[:-1], widths[1:]):
                 layers += [nn.Linear(width_in, width_out), nn.ReLU()]
             self.mlp = nn.Sequential(*layers)
-        if model == "mf":
-            self.user_bias = nn.Embedding(num_users, 1, sparse=sparse)
-            self.item_bias = nn.Embedding(num_items, 1, sparse=sparse)
-            self.bias = nn.Parameter(torch.zeros(1))
-        else:
-            self.predict = nn.Linear(factor * (self.use_gmf + self.use_mlp), 1)
-        for embedding in self.embeddings():
-            nn.init.normal_(embedding.weight, std=0.01 if embedding.embedding_dim > 1 else 0.0)
+        self.predict = nn.Linear(factor * (self.use_gmf + self.use_mlp), 1)
+        init_embeddings(self)
 
     def embeddings(self):
         return [m for m in self.modules() if isinstance(m, nn.Embedding)]
 
     def forward(self, users, items):
-        if self.model == "mf":
-            return ((self.user_gmf(users) * self.item_gmf(items)).sum(-1) + self.user_bias(users)[:, 0]
-                    + self.item_bias(items)[:, 0] + self.bias)
         parts = []
         if self.use_gmf:
             parts.append(self.user_gmf(users) * self.item_gmf(items))
@@ -63,17 +55,6 @@ class NCF(nn.Module):
         equal to forward on every (user, item) pair, for evaluation: the first MLP layer is linear in the
         concatenation [user, item], so it is applied to every item once here and to each user once per call,
         instead of to every pair; the output layer is split the same way instead of concatenating its input."""
-        def per_item(table, items):
-            if items is None:
-                return table
-            return table.index_select(0, items.reshape(-1)).view(*items.shape, *table.shape[1:])  # faster than [items]
-
-        if self.model == "mf":
-            def score(users, items=None):
-                products = (self.user_gmf(users)[:, None, :] * per_item(self.item_gmf.weight, items)).sum(-1)
-                return products + self.user_bias(users) + per_item(self.item_bias.weight[:, 0], items) + self.bias
-
-            return score
         gmf_width = self.user_gmf.embedding_dim if self.use_gmf else 0
         weight, bias = self.predict.weight[0], self.predict.bias
         if self.use_mlp:
@@ -92,6 +73,58 @@ class NCF(nn.Module):
             return logits
 
         return score
+
+
+class MF(nn.Module):
+    """Plain matrix factorisation, the baseline of Rendle et al. 2020: the dot product of user and item embeddings
+    of size `factor`, plus user, item and global biases; forward returns logits. Its parameters keep the names
+    they had when MF ran through NCF (user_gmf, item_gmf, user_bias, item_bias, bias), so checkpoints load."""
+
+    model = "mf"
+
+    def __init__(self, num_users, num_items, factor=8, sparse=False):
+        super().__init__()
+        self.user_gmf = nn.Embedding(num_users, factor, sparse=sparse)
+        self.item_gmf = nn.Embedding(num_items, factor, sparse=sparse)
+        self.user_bias = nn.Embedding(num_users, 1, sparse=sparse)
+        self.item_bias = nn.Embedding(num_items, 1, sparse=sparse)
+        self.bias = nn.Parameter(torch.zeros(1))
+        init_embeddings(self)
+
+    def embeddings(self):
+        return [self.user_gmf, self.item_gmf, self.user_bias, self.item_bias]
+
+    def forward(self, users, items):
+        return ((self.user_gmf(users) * self.item_gmf(items)).sum(-1) + self.user_bias(users)[:, 0]
+                + self.item_bias(items)[:, 0] + self.bias)
+
+    def candidate_scorer(self):
+        """As NCF.candidate_scorer: (users [rows], items [rows, candidates] or None) -> logits [rows, candidates]."""
+        def score(users, items=None):
+            products = (self.user_gmf(users)[:, None, :] * per_item(self.item_gmf.weight, items)).sum(-1)
+            return products + self.user_bias(users) + per_item(self.item_bias.weight[:, 0], items) + self.bias
+
+        return score
+
+
+def build_model(num_users, num_items, factor=8, num_layers=3, model="neumf", sparse=False):
+    """The model --model names: MF for "mf", else NCF (GMF, MLP or NeuMF)."""
+    if model == "mf":
+        return MF(num_users, num_items, factor, sparse)
+    return NCF(num_users, num_items, factor, num_layers, model, sparse)
+
+
+def init_embeddings(model):
+    """N(0, 0.01) embeddings, as the NCF paper's code; biases (embeddings of width 1) start at zero."""
+    for embedding in model.embeddings():
+        nn.init.normal_(embedding.weight, std=0.01 if embedding.embedding_dim > 1 else 0.0)
+
+
+def per_item(table, items):
+    """table's rows for items [rows, candidates] (as [rows, candidates, ...]), or the whole table for None."""
+    if items is None:
+        return table
+    return table.index_select(0, items.reshape(-1)).view(*items.shape, *table.shape[1:])  # faster than table[items]
 
 
 def load_pretrained(neumf, gmf_state, mlp_state, alpha=0.5):

@@ -7,14 +7,14 @@ flat buffer; the gradients of GMF, MLP, NeuMF and MF are derived by hand (model.
 they are tested against), and the update is a handful of operations on the batch's unique rows (lazy: rows
 outside the batch untouched) or on the whole table (dense, the seed's update), plus one on the flat buffer.
 AutogradStep is the plain path (autograd through model.py and a torch.optim optimizer, with LazyAdam for
-sparse gradients), for Adagrad, RMSprop and --amp.
+sparse gradients), for Adagrad, RMSprop and --amp. make_step builds the step main.py's flags ask for.
 """
 import torch
 import torch.nn.functional as F
 
+import distributed
+
 FUSED_OPTIMIZERS = ("adam", "sgd")
-
-
 def adam_(weights, grads, exp_avgs, exp_avg_sqs, step, lr, betas, eps, l2=0.0):
     """torch.optim.Adam's update (fused=True) of each tensor of the list `weights` (contiguous) and its moments, in
     place, at step `step` (a 0-d float tensor on their device)."""
@@ -31,7 +31,7 @@ def embedding_parts(model):
 
 class FusedStep:
     """Adam (lazy on embedding rows when `sparse`, else torch.optim.Adam's dense update) or plain SGD, with weight
-    decay `l2` (dense only), for an NCF model of model.py; ctx: a distributed.Context (gradients summed over
+    decay `l2` (dense only), for an NCF or MF model of model.py; ctx: a distributed.Context (gradients summed over
     its ranks). Rebinds the model's parameters to views of its own storage: build it after moving the model."""
 
     def __init__(self, model, optim="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, l2=0.0, sparse=True, ctx=None,
@@ -44,7 +44,9 @@ class FusedStep:
         self.max_shard_rows = 2 * -(-batch_size // ctx.world_size) if ctx is not None and ctx.world_size > 1 else 0
         user_parts, item_parts = embedding_parts(model)
         self.num_users, self.width = user_parts[0].num_embeddings, sum(m.embedding_dim for m in user_parts)
-        self.factor = model.user_gmf.embedding_dim if model.use_gmf else 0
+        self.kind = model.model  # gmf, mlp, neumf or mf
+        self.use_gmf, self.use_mlp = hasattr(model, "user_gmf"), hasattr(model, "mlp")  # MF: the GMF tables
+        self.factor = model.user_gmf.embedding_dim if self.use_gmf else 0
         device = next(model.parameters()).device
         rows = self.num_users + item_parts[0].num_embeddings
         # Planes: the table of weights, then (Adam) the two moments, so that a row's three are gathered at once.
@@ -68,10 +70,10 @@ class FusedStep:
             p.data = values[p]
             offset += p.numel()
         self.linears = [(values[m.weight], values[m.bias]) for m in model.mlp if isinstance(m, torch.nn.Linear)] \
-            if model.use_mlp else []
+            if self.use_mlp else []
         self.linear_grads = [(self.grads[m.weight], self.grads[m.bias]) for m in model.mlp
-                             if isinstance(m, torch.nn.Linear)] if model.use_mlp else []
-        if model.model == "mf":
+                             if isinstance(m, torch.nn.Linear)] if self.use_mlp else []
+        if self.kind == "mf":
             self.bias, self.bias_grad = values[model.bias], self.grads[model.bias]
         else:
             self.predict, self.predict_grad = values[model.predict.weight][0], self.grads[model.predict.weight][0]
@@ -112,8 +114,8 @@ class FusedStep:
     def gradients(self, pairs, labels, scale):
         """(d loss / d pairs, summed loss) for pairs [batch, 2 * width] (a user's row, then its item's row); the
         dense parameters' gradients are written to self.flat_grad."""
-        model, factor, width = self.model, self.factor, self.width
-        if model.model == "mf":
+        factor, width = self.factor, self.width
+        if self.kind == "mf":
             user, item = pairs[:, :factor], pairs[:, factor + 2:]
             logits = (user * item).sum(1).add_(pairs[:, factor]).add_(pairs[:, factor + 1]).add_(self.bias)
             loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
@@ -122,10 +124,10 @@ class FusedStep:
             d_logits = d_logits[:, None]
             return torch.cat([d_logits * item, d_logits, d_logits, d_logits * user], 1), loss
         parts = []
-        if model.use_gmf:
+        if self.use_gmf:
             user, item = pairs[:, :factor], pairs[:, 2 * width - factor:]
             parts.append(user * item)
-        if model.use_mlp:
+        if self.use_mlp:
             hidden = [pairs[:, factor:2 * width - factor]]
             for weight, bias in self.linears:
                 hidden.append(torch.addmm(bias, hidden[-1], weight.t()).relu_())
@@ -137,7 +139,7 @@ class FusedStep:
         torch.mv(last.t(), d_logits, out=self.predict_grad)
         torch.sum(d_logits, 0, keepdim=True, out=self.bias_grad)
         d_last = torch.outer(d_logits, self.predict)
-        if not model.use_mlp:
+        if not self.use_mlp:
             d_product = d_last
             return torch.cat([d_product * item, d_product * user], 1), loss
         d_hidden = d_last[:, factor:]
@@ -147,7 +149,7 @@ class FusedStep:
             torch.mm(d_hidden.t(), below, out=weight_grad)
             torch.sum(d_hidden, 0, out=bias_grad)
             d_hidden = d_hidden @ weight
-        if not model.use_gmf:
+        if not self.use_gmf:
             return d_hidden, loss
         d_product = d_last[:, :factor]
         return torch.cat([d_product * item, d_hidden, d_product * user], 1), loss
@@ -245,3 +247,34 @@ class LazyAdam(torch.optim.Optimizer):
                 else:
                     adam_([p], [p.grad], [state["exp_avg"]], [state["exp_avg_sq"]], state["step"], group["lr"],
                           group["betas"], group["eps"])
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
+              "rmsprop": torch.optim.RMSprop}
+SPARSE_OPTIMIZERS = {"adam": LazyAdam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+
+
+def uses_sparse_updates(args, device, say=print):
+    """Whether the embeddings get sparse (lazy) updates: asked for (by default on the CPU), and the optimizer and
+    weight decay allow it."""
+    wanted = device.type != "cuda" if args.sparse is None else args.sparse
+    if wanted and (args.l2 > 0 or args.optim not in SPARSE_OPTIMIZERS):
+        if args.sparse:
+            say(f"note: dense embedding updates, as --optim {args.optim} with --l2 {args.l2} needs them")
+        return False
+    return wanted
+
+
+def make_step(model, args, sparse, ctx):
+    """The training step for `model` on every rank of `ctx`: FusedStep for Adam and SGD, autograd with a torch
+    optimizer for the others and for --amp."""
+    if args.optim in FUSED_OPTIMIZERS and not args.amp:
+        return FusedStep(model, args.optim, args.lr, (args.beta1, args.beta2), l2=args.l2, sparse=sparse, ctx=ctx,
+                         batch_size=args.batch_size)
+    trained = distributed.data_parallel(model, ctx, args.batch_size)
+    betas = {"betas": (args.beta1, args.beta2)} if args.optim == "adam" else {}
+    if sparse:
+        optimizer = SPARSE_OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, **betas)
+    else:
+        optimizer = OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, weight_decay=args.l2, **betas)
+    return AutogradStep(trained, optimizer, args.amp, ctx.world_size)

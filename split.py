@@ -21,11 +21,9 @@ from contextlib import ExitStack
 import numpy as np
 import pandas as pd
 
-from utils import InputError, Parser, atomic_path, file_sha256, run_cli
+from utils import MISSING, InputError, Parser, atomic_path, read_json, run_cli
 
 TEST_ITEM_RULES = ("latest", "last", "random")
-MISSING = object()
-SPLIT_SUFFIXES = ("train.rating", "test.rating", "test.negative", "val.rating", "val.negative", "meta.json")
 INT_TOKEN = r"-?\d{1,18}"
 BAD_DATE = np.iinfo(np.int64).min
 
@@ -68,8 +66,9 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
         rest = np.flatnonzero(in_train)
         val_rows = rest[hold_out(user[rest], when[rest], rest, test_item, ties_last, pick_val)]
         in_train[val_rows] = False
-    negatives = sample_negatives(user, item, num_users, num_items, num_test_neg, neg_test, user_ids)
-    val_negatives = sample_negatives(user, item, num_users, num_items, num_test_neg, neg_val, user_ids) if val else None
+    negatives = sample_test_negatives(user, item, num_users, num_items, num_test_neg, neg_test, user_ids)
+    val_negatives = (sample_test_negatives(user, item, num_users, num_items, num_test_neg, neg_val, user_ids)
+                     if val else None)
     train_rows = np.flatnonzero(in_train)
     train_rows = train_rows[np.argsort(user[train_rows], kind="stable")]
 
@@ -100,7 +99,7 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     if val:
         files[f"{name}.val.rating"] = lambda p: write_rows(p, columns, val_rows)
         files[f"{name}.val.negative"] = lambda p: write_negatives(p, user, item, val_rows, val_negatives)
-    files[f"{name}.meta.json"] = lambda p: write_json(p, meta)
+    files[f"{name}.meta.json"] = lambda p: write_meta(p, meta)
     paths = write_all(out_dir, files)
     if verbose:
         print(summary(meta, paths, time.time() - start))
@@ -123,24 +122,6 @@ def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed,
         raise InputError(f"--seed must be >= 0 (got {seed})")
     if name is not None and (not name or os.sep in name or name in (".", "..")):
         raise InputError(f"--name must be a plain file name (got {name!r})")
-
-
-def read_json(path, keys, where=None):
-    """json.load `path` (UTF-8, with or without a byte order mark), keeping only `keys` of each object (as a tuple,
-    MISSING where absent) to save memory, or everything when `keys` is None; with `where`, an object for which
-    where(object) is false becomes None. A one-line InputError naming the file when it cannot be read."""
-    def keep(record):
-        return tuple(record.get(k, MISSING) for k in keys) if where is None or where(record) else None
-
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f, object_hook=keep if keys is not None else None)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def check_records(path, records, kinds):
@@ -412,7 +393,7 @@ def hold_out(user, when, position, rule, ties_last, rng):
     return order[np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])]
 
 
-def sample_negatives(user, item, num_users, num_items, n, rng, user_ids):
+def sample_test_negatives(user, item, num_users, num_items, n, rng, user_ids):
     """(num_users, n) items each user never interacted with, uniform without replacement.
 
     Draws ranks r in [0, free_u) among the user's unseen items (redrawing duplicates in bulk) and maps a rank to
@@ -444,19 +425,6 @@ def sample_negatives(user, item, num_users, num_items, n, rng, user_ids):
     return ranks + np.searchsorted(adjusted, owner * num_items + ranks, side="right") - starts[:, None]
 
 
-def fingerprint(data_dir, name):
-    """{file name: sha256 of its bytes} for the split files NAME.* present in `data_dir`: what a run trained on."""
-    files = (f"{name}.{suffix}" for suffix in SPLIT_SUFFIXES)
-    paths = {file: os.path.join(data_dir, file) for file in files}
-    return {file: file_sha256(path) for file, path in paths.items() if os.path.isfile(path)}
-
-
-def changed_files(recorded, current):
-    """Names of the split files whose fingerprint differs between two fingerprint() results (added, removed or
-    rewritten), in file order."""
-    return [file for file in dict.fromkeys([*recorded, *current]) if recorded.get(file) != current.get(file)]
-
-
 def write_rows(path, columns, rows):
     """`user\titem\trating\ttimestamp` lines for `rows`."""
     frame = pd.DataFrame({k: column[rows] for k, column in enumerate(columns)})
@@ -470,7 +438,7 @@ def write_negatives(path, user, item, rows, negatives):
     frame.to_csv(path, sep="\t", header=False, index=False, lineterminator="\n")
 
 
-def write_json(path, meta):
+def write_meta(path, meta):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False)
         f.write("\n")

@@ -299,7 +299,7 @@ def playlist_records(pls, start, stop):
     } for i in range(start, stop)]
 
 
-def write_json(f, count, records):
+def write_json_list(f, count, records):
     """Write a JSON list of `count` records to file `f`, built and encoded CHUNK at a time.
 
     The bytes equal json.dump(whole_list, f, ensure_ascii=False); json.dumps per chunk uses the
@@ -350,8 +350,8 @@ def write_dataset(out_dir, num_playlists, num_songs, seed):
         with atomic_open(train_path, "w", encoding="utf-8") as train, \
                 atomic_open(meta_path, "w", encoding="utf-8") as meta, \
                 atomic_open(os.path.join(out_dir, "genre_gn_all.json"), "w", encoding="utf-8") as genres:
-            write_json(train, num_playlists, lambda a, b: playlist_records(pls, a, b))
-            write_json(meta, num_songs, lambda a, b: song_records(cat["meta"], a, b))
+            write_json_list(train, num_playlists, lambda a, b: playlist_records(pls, a, b))
+            write_json_list(meta, num_songs, lambda a, b: song_records(cat["meta"], a, b))
             json.dump(genre_names(), genres, ensure_ascii=False)
     except OSError as e:
         raise InputError(f"--out {out_dir}: cannot write: {e.strerror or e}") from None

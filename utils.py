@@ -1,14 +1,23 @@
-"""Small shared helpers: one-line input errors with exit status 2, atomic file writes and links, the CLI parser,
-directory locks, what runs the code (provenance) and the memory left on a device."""
+"""Small shared helpers: one-line input errors with exit status 2, reading JSON with such errors, atomic file writes
+and links, the CLI parser, directory locks, what runs the code (provenance) and the memory left on a device."""
 import argparse
+import json
 import os
 import sys
 import tempfile
 from contextlib import contextmanager
 
 
+MISSING = object()  # read_json's value of a key an object does not have
+
+
 class InputError(Exception):
     """Bad input from the user (file, line, record or flag). Reported as one line, exit status 2."""
+
+
+def one_line(error):
+    """The first line of an exception's message (its type name when it has none), at most 160 characters."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
 
 
 def fail(message):
@@ -30,6 +39,24 @@ def run_cli(main):
         main()
     except InputError as e:
         fail(str(e))
+
+
+def read_json(path, keys, where=None):
+    """json.load `path` (UTF-8, with or without a byte order mark), keeping only `keys` of each object (as a tuple,
+    MISSING where absent) to save memory, or everything when `keys` is None; with `where`, an object for which
+    where(object) is false becomes None. A one-line InputError naming the file when it cannot be read."""
+    def keep(record):
+        return tuple(record.get(k, MISSING) for k in keys) if where is None or where(record) else None
+
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f, object_hook=keep if keys is not None else None)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
 
 
 @contextmanager

@@ -2,7 +2,15 @@ import math
 
 import torch
 
-from metrics import full_rank, held_out_rank, hit_ratio, ndcg
+from metrics import full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
+
+
+def hit_ratio(scores, k=10):
+    return hit_ratio_from_ranks(held_out_rank(scores), k)
+
+
+def ndcg(scores, k=10):
+    return ndcg_from_ranks(held_out_rank(scores), k)
 
 
 def scores_with_rank(rank, candidates=100):

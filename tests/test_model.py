@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import NCF, load_pretrained
+from model import MF, NCF, build_model, load_pretrained
 
 
 def expected_parameters(users, items, factor, layers, model):
@@ -16,7 +16,7 @@ def expected_parameters(users, items, factor, layers, model):
 @pytest.mark.parametrize("factor,layers", [(8, 3), (4, 1), (16, 2), (8, 4)])
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf", "mf"])
 def test_shapes_and_parameter_counts(factor, layers, kind):
-    model = NCF(50, 70, factor, layers, kind)
+    model = build_model(50, 70, factor, layers, kind)
     assert sum(p.numel() for p in model.parameters()) == expected_parameters(50, 70, factor, layers, kind)
     logits = model(torch.tensor([0, 49, 3]), torch.tensor([69, 0, 5]))
     assert logits.shape == (3,)
@@ -49,7 +49,7 @@ def test_pretrained_neumf_reproduces_gmf_and_mlp():
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf", "mf"])
 def test_candidate_scorer_equals_forward(kind):
     torch.manual_seed(1)
-    model = NCF(40, 60, 8, 3, kind)
+    model = build_model(40, 60, 8, 3, kind)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     users, items = torch.randint(40, (7,)), torch.randint(60, (7, 100))
@@ -61,7 +61,7 @@ def test_candidate_scorer_equals_forward(kind):
 
 
 def test_mf_is_a_biased_dot_product():
-    model = NCF(5, 6, 4, 3, "mf")
+    model = MF(5, 6, 4)
     for p in model.parameters():
         torch.nn.init.normal_(p)
     users, items = torch.tensor([0, 4, 2]), torch.tensor([5, 1, 1])

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import NCF
+from model import NCF, build_model
+import optim
 from optim import AutogradStep, FusedStep, LazyAdam
 
 KINDS = ["gmf", "mlp", "neumf", "mf"]
@@ -13,10 +14,10 @@ SHAPES = [(8, 3), (4, 1), (16, 2), (5, 4)]
 
 def twin_models(users=12, items=15, factor=4, layers=2, kind="neumf", std=0.3):
     torch.manual_seed(0)
-    dense = NCF(users, items, factor, layers, kind)
+    dense = build_model(users, items, factor, layers, kind)
     for p in dense.parameters():
         torch.nn.init.normal_(p, std=std)
-    sparse = NCF(users, items, factor, layers, kind, sparse=True)
+    sparse = build_model(users, items, factor, layers, kind, sparse=True)
     sparse.load_state_dict(dense.state_dict())
     return dense, sparse
 
@@ -202,11 +203,11 @@ def test_autograd_step_equals_the_fused_step():
 def test_sparse_updates_by_default_on_the_cpu_and_dense_on_cuda():
     import main
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert main.uses_sparse_updates(main.parse_args([]), cpu)
-    assert not main.uses_sparse_updates(main.parse_args([]), cuda)
-    assert main.uses_sparse_updates(main.parse_args(["--sparse"]), cuda)
-    assert not main.uses_sparse_updates(main.parse_args(["--no-sparse"]), cpu)
-    assert not main.uses_sparse_updates(main.parse_args(["--l2", "1e-3"]), cpu, say=lambda _: None)
+    assert optim.uses_sparse_updates(main.parse_args([]), cpu)
+    assert not optim.uses_sparse_updates(main.parse_args([]), cuda)
+    assert optim.uses_sparse_updates(main.parse_args(["--sparse"]), cuda)
+    assert not optim.uses_sparse_updates(main.parse_args(["--no-sparse"]), cpu)
+    assert not optim.uses_sparse_updates(main.parse_args(["--l2", "1e-3"]), cpu, say=lambda _: None)
 
 
 @pytest.mark.parametrize("flags,fused", [([], True), (["--optim", "sgd"], True), (["--no-sparse", "--l2", "1e-4"], True),
@@ -216,9 +217,9 @@ def test_the_fused_step_serves_adam_and_sgd(flags, fused):
     import distributed
     import main
     args = main.parse_args(flags)
-    sparse = main.uses_sparse_updates(args, torch.device("cpu"), say=lambda _: None)
+    sparse = optim.uses_sparse_updates(args, torch.device("cpu"), say=lambda _: None)
     model = NCF(10, 12, 4, 2, "neumf", sparse)
-    step = main.make_step(model, args, sparse, distributed.Context(0, 1, torch.device("cpu")))
+    step = optim.make_step(model, args, sparse, distributed.Context(0, 1, torch.device("cpu")))
     assert isinstance(step, FusedStep if fused else AutogradStep)
     loss = step(torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([1.0, 0.0]), 0.5)
     assert loss.shape == () and loss > 0

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import main
+import runs
+import wandb_log
 from conftest import REPO, write_split
 from utils import lock_directory, run_cli
 from wandb_records import read_run
@@ -95,8 +97,8 @@ def test_each_run_gets_its_own_directory_and_latest_points_to_the_newest(workdir
 
 
 def test_run_names_are_unique_within_a_second(tmp_path, monkeypatch):
-    monkeypatch.setattr(main.time, "strftime", lambda fmt: "20250101-120000")
-    names = [main.new_run_dir(str(tmp_path / "runs"))[0] for _ in range(3)]
+    monkeypatch.setattr(runs.time, "strftime", lambda fmt: "20250101-120000")
+    names = [runs.new_run_dir(str(tmp_path / "runs"))[0] for _ in range(3)]
     assert [os.path.basename(n) for n in names] == ["20250101-120000", "20250101-120000-2", "20250101-120000-3"]
 
 
@@ -323,7 +325,7 @@ def test_safe_run_turns_each_wandb_failure_into_one_warning(capsys):
         def log_artifact(self, artifact):
             raise RuntimeError("upload failed")
 
-    run = main.SafeRun(Broken())
+    run = wandb_log.SafeRun(Broken())
     run.summary.update({"best": 1})
     run.finish(exit_code=1)
     run.log({"x": 1})
