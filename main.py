@@ -225,7 +225,7 @@ def run_stages(args, ctx, given):
     if ctx.is_main:
         provenance = run_provenance(args, ctx.device)
         if checkpoint is not None:
-            check_split_unchanged(checkpoint, args, f"--resume {args.resume}")
+            check_split_unchanged(checkpoint, args, f"--resume {args.resume}", provenance["split_files"])
         claim = SaveDir.claim(args, ctx, continuing=checkpoint is not None or distributed.restarted())
         args.save_dir = claim.path
     args.save_dir = ctx.broadcast(args.save_dir)
@@ -266,10 +266,10 @@ def resume(args, ctx, given):
     return checkpoint
 
 
-def restarted(args, ctx, checkpoint):
+def restarted(args, ctx, checkpoint, provenance):
     """After torchrun restarted the workers: "finished" when SAVE_DIR holds this run's results, else the
     checkpoint to continue from (the run's last.pt, when it has one)."""
-    restart = ctx.broadcast(restart_point(args) if ctx.is_main else None)
+    restart = ctx.broadcast(restart_point(args, provenance["split_files"]) if ctx.is_main else None)
     if restart == "finished":
         ctx.print(f"restarted: {args.save_dir} already holds this run's results")
     elif restart is not None:
@@ -285,7 +285,7 @@ def train(args, ctx, checkpoint=None, provenance=None):
     `ctx`; rank 0 writes the outputs and logs."""
     torch.set_num_threads(args.threads)
     if distributed.restarted():
-        checkpoint = restarted(args, ctx, checkpoint)
+        checkpoint = restarted(args, ctx, checkpoint, provenance)
         if checkpoint == "finished":
             return
     torch.manual_seed(args.seed)
@@ -452,7 +452,6 @@ class Outputs:
                 self.run.log_model(os.path.join(args.save_dir, "best.pt"), f"{args.model}-{args.dataset}",
                                    results["config"])
             self.run.finish()
-
 
 
 if __name__ == "__main__":

@@ -87,9 +87,9 @@ def load_pretrained_checkpoints(args, data, device="cpu"):
     return checkpoints
 
 
-def restart_point(args):
+def restart_point(args, split_files=None):
     """After torchrun restarted the workers: "finished" when SAVE_DIR holds this run's results, the run's last.pt
-    checkpoint when there is one to continue, else None."""
+    checkpoint when there is one to continue, else None. `split_files`: the split's fingerprint(), when known."""
     results_path, last_path = os.path.join(args.save_dir, "results.json"), os.path.join(args.save_dir, "last.pt")
     if os.path.exists(results_path):
         with open(results_path) as f:
@@ -98,7 +98,7 @@ def restart_point(args):
     if os.path.exists(last_path):
         checkpoint = load_checkpoint(last_path)
         if same_run(checkpoint["config"], args):
-            check_split_unchanged(checkpoint, args, f"restarted from {last_path}")
+            check_split_unchanged(checkpoint, args, f"restarted from {last_path}", split_files)
             return checkpoint
     return None
 
@@ -118,18 +118,20 @@ def changed_files(recorded, current):
     return [file for file in dict.fromkeys([*recorded, *current]) if recorded.get(file) != current.get(file)]
 
 
-def split_changes(checkpoint, data_dir, dataset):
+def split_changes(checkpoint, data_dir, dataset, current=None):
     """Paths of the split files that differ from those the checkpoint was trained on ([] when the checkpoint
-    predates split fingerprints)."""
+    predates split fingerprints); `current`: the split's fingerprint(), computed here when not given."""
     recorded = (checkpoint.get("provenance") or {}).get("split_files")
     if recorded is None:
         return []
-    return [os.path.join(data_dir, file) for file in changed_files(recorded, fingerprint(data_dir, dataset))]
+    current = fingerprint(data_dir, dataset) if current is None else current
+    return [os.path.join(data_dir, file) for file in changed_files(recorded, current)]
 
 
-def check_split_unchanged(checkpoint, args, source):
-    """A one-line error naming the file when the split files differ from those the checkpoint was trained on."""
-    changed = split_changes(checkpoint, args.data_dir, args.dataset)
+def check_split_unchanged(checkpoint, args, source, current=None):
+    """A one-line error naming the file when the split files differ from those the checkpoint was trained on
+    (`current`: the split's fingerprint(), when already computed)."""
+    changed = split_changes(checkpoint, args.data_dir, args.dataset, current)
     if changed:
         state = "is gone" if not os.path.exists(changed[0]) else "has changed"
         raise InputError(f"{source}: {changed[0]} {state} since the checkpoint was written (same name, other "
