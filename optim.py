@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import distributed
 
 FUSED_OPTIMIZERS = ("adam", "sgd")
+
+
 def adam_(weights, grads, exp_avgs, exp_avg_sqs, step, lr, betas, eps, l2=0.0):
     """torch.optim.Adam's update (fused=True) of each tensor of the list `weights` (contiguous) and its moments, in
     place, at step `step` (a 0-d float tensor on their device)."""
@@ -69,10 +71,9 @@ class FusedStep:
             self.grads[p] = self.flat_grad[offset:offset + p.numel()].view_as(p)
             p.data = values[p]
             offset += p.numel()
-        self.linears = [(values[m.weight], values[m.bias]) for m in model.mlp if isinstance(m, torch.nn.Linear)] \
-            if self.use_mlp else []
-        self.linear_grads = [(self.grads[m.weight], self.grads[m.bias]) for m in model.mlp
-                             if isinstance(m, torch.nn.Linear)] if self.use_mlp else []
+        linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)] if self.use_mlp else []
+        self.linears = [(values[m.weight], values[m.bias]) for m in linears]
+        self.linear_grads = [(self.grads[m.weight], self.grads[m.bias]) for m in linears]
         if self.kind == "mf":
             self.bias, self.bias_grad = values[model.bias], self.grads[model.bias]
         else:
