@@ -1,0 +1,322 @@
+"""Playlist continuation, the Kakao Arena task: for each question playlist (some of its songs, tags and title), 100
+songs and 10 tags not already in it; results.json, its validity and its Arena score. Used by evaluate.py
+(--continue, --playlist) and main.py (the Arena score of the best checkpoint).
+
+Songs. A playlist the model was trained on uses its own embeddings; one it has never seen but with songs it knows
+is folded in (user vectors fitted to those songs with the item side frozen, all such playlists at once); one with no
+known song gets the songs its tags and title words co-occur with in the training playlists, then the most popular.
+Tags: each playlist's tag, title-word, visible-song and recommended-song co-occurrence with the training playlists'
+tags (TAG_METHODS; measured in RESULTS.md), the most popular tags last.
+"""
+import copy
+import json
+import re
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metrics import ARENA_SONGS, ARENA_TAGS, check_arena_results
+from split import check_unique_ids, read_playlists
+from utils import MISSING, InputError, atomic_open, read_json
+
+TAG_METHODS = ("popular", "title", "songs", "songs+title", "songs+title+recommended")
+TAG_METHOD = "songs+title+recommended"
+RECOMMENDED_FOR_TAGS = 20  # top recommended songs whose tags count
+FOLD_IN = {"steps": 40, "lr": 0.05, "num_neg": 4, "seed": 0}
+CHUNK_ROWS = 1024  # playlists answered together: [CHUNK_ROWS, songs] float scores
+
+
+def read_questions(path):
+    """[{"id", "songs", "tags", "plylst_title"}] of an Arena-format JSON list (a question file, or playlists for
+    --playlist); one-line InputError for a file that is not one, or that holds an id twice."""
+    playlists = read_playlists(path)
+    check_unique_ids([(path, playlists)])
+    return [{"id": p[0], "songs": p[1], "tags": [] if p[2] is MISSING else p[2],
+             "plylst_title": "" if p[3] is MISSING else p[3]} for p in playlists]
+
+
+def title_words(title):
+    return re.findall(r"\w+", title.lower())
+
+
+def csr(lists, num_rows):
+    """(indptr, values) int64 tensors of a list of integer lists."""
+    lengths = torch.tensor([len(x) for x in lists], dtype=torch.int64)
+    indptr = torch.zeros(num_rows + 1, dtype=torch.int64)
+    indptr[1:] = torch.cumsum(lengths, 0)
+    return indptr, torch.tensor([v for x in lists for v in x], dtype=torch.int64)
+
+
+def rows_of(indptr):
+    return torch.arange(len(indptr) - 1).repeat_interleave(indptr[1:] - indptr[:-1])
+
+
+def normalised(rows, columns, shape, by):
+    """A sparse [shape] matrix counting each (row, column) pair, every count divided by its row's total (by=0) or
+    its column's total (by=1): co-occurrence counts as conditional probabilities."""
+    counts = torch.sparse_coo_tensor(torch.stack([rows, columns]), torch.ones(len(rows)), shape,
+                                     check_invariants=False).coalesce()
+    index, values = counts.indices(), counts.values()
+    totals = torch.zeros(shape[by]).index_add_(0, index[by], values)
+    return torch.sparse_coo_tensor(index, values / totals[index[by]], shape, check_invariants=False).coalesce()
+
+
+class Vocabulary:
+    """What the training playlists (the split's NAME.tags.json and training pairs) say about tags and title words:
+    the tag and word indices, P(tag | song), P(tag | feature) and P(song | feature) for features = tags and title
+    words, and song and tag popularity."""
+
+    def __init__(self, data, tags_path):
+        playlists = read_json(tags_path, None)
+        if not isinstance(playlists, dict) or len(playlists.get("tags", ())) != data.num_users:
+            raise InputError(f"{tags_path}: not the tags file of this split (split.py writes it)")
+        user_tags, titles = playlists["tags"], playlists["titles"]
+        self.tags = pd.Index(pd.unique(pd.Series([t for ts in user_tags for t in ts], dtype=object)))
+        self.words = pd.Index(pd.unique(pd.Series([w for t in titles for w in title_words(t)], dtype=object)))
+        self.num_songs, num_tags = data.num_items, len(self.tags)
+        self.num_features = num_tags + len(self.words)
+        tag_indptr, tag_values = csr([self.tags.get_indexer(ts).tolist() for ts in user_tags], data.num_users)
+        feature_indptr, features = csr([self.features(ts, t) for ts, t in zip(user_tags, titles)], data.num_users)
+        song_indptr, songs = data.seen_indptr.cpu(), data.seen_items.cpu()
+        self.song_popularity = torch.bincount(songs, minlength=self.num_songs).float()
+        self.tag_popularity = torch.bincount(tag_values, minlength=num_tags).float()
+        pairs = pair_up(song_indptr, songs, tag_indptr, tag_values)
+        self.tag_given_song = normalised(*pairs, (self.num_songs, num_tags), by=0)  # [songs, tags]
+        pairs = pair_up(feature_indptr, features, tag_indptr, tag_values)
+        self.tag_given_feature = normalised(*pairs, (self.num_features, num_tags), by=0)  # [features, tags]
+        songs_features = pair_up(song_indptr, songs, feature_indptr, features)
+        self.song_given_feature = normalised(*songs_features, (self.num_songs, self.num_features), by=1)  # [songs, f]
+
+    def features(self, tags, title):
+        """Feature indices of a playlist: its known tags, then its known title words (after the tags)."""
+        tag_index = self.tags.get_indexer(tags)
+        word_index = self.words.get_indexer(title_words(title))
+        return sorted(set(tag_index[tag_index >= 0].tolist()) | set((word_index[word_index >= 0]
+                                                                      + len(self.tags)).tolist()))
+
+
+def pair_up(left_indptr, left, right_indptr, right):
+    """(left value, right value) of every pair of values that one row holds in two CSR tables of the same rows."""
+    left_rows, right_lengths = rows_of(left_indptr), right_indptr[1:] - right_indptr[:-1]
+    repeats = right_lengths[left_rows]
+    left_values = left.repeat_interleave(repeats)
+    starts = right_indptr[left_rows].repeat_interleave(repeats)
+    offsets = torch.arange(len(left_values)) - (torch.cumsum(repeats, 0) - repeats).repeat_interleave(repeats)
+    return left_values, right[starts + offsets]
+
+
+def mean_rows(indptr, values, width):
+    """Dense [rows, width]: each row 1/n at its n values (the mean of their one-hot vectors), zero when empty."""
+    rows = rows_of(indptr)
+    lengths = (indptr[1:] - indptr[:-1]).clamp(min=1).float()
+    dense = torch.zeros(len(indptr) - 1, width)
+    dense[rows, values] = 1.0 / lengths[rows]
+    return dense
+
+
+def with_user_tables(model, tables):
+    """A shallow copy of `model` sharing its item side and layers, whose user tables (user_gmf, user_mlp, user_bias
+    as the model has them) are `tables` {name: weight [rows, width]}."""
+    folded = copy.copy(model)
+    folded._modules = dict(model._modules)
+    for name, weight in tables.items():
+        table = nn.Embedding(*weight.shape)
+        table.weight = weight
+        folded._modules[name] = table
+    return folded
+
+
+def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN["lr"], num_neg=FOLD_IN["num_neg"],
+            seed=FOLD_IN["seed"]):
+    """A model for playlists the model has never seen, row r of the CSR (indptr, songs) being playlist r: its user
+    tables are fitted to each playlist's songs against `num_neg` random songs a song (redrawn every step, seeded),
+    all playlists at once, by Adam on the model's own loss, from the trained users' mean; the item side and layers
+    are frozen (shared with `model`)."""
+    names = [name for name, _ in model.named_children() if name.startswith("user_")]
+    tables = {name: nn.Parameter(getattr(model, name).weight.detach().mean(0).repeat(len(indptr) - 1, 1))
+              for name in names}
+    folded = with_user_tables(model, tables)
+    rows = rows_of(indptr)
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(len(songs), 1 + num_neg)
+    labels[:, 0] = 1
+    optimizer = torch.optim.Adam(tables.values(), lr=lr)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        score = folded.candidate_scorer()
+        for _ in range(steps):
+            negatives = torch.randint(num_items, (len(songs), num_neg), generator=generator)
+            loss = F.binary_cross_entropy_with_logits(score(rows, torch.cat([songs[:, None], negatives], 1)), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    for weight in tables.values():
+        weight.requires_grad_(False)
+    return folded
+
+
+class Continuation:
+    """Answers question playlists for one split: songs from `song_source` (a function (users [rows], -1 where the
+    playlist is not a user; indptr, songs: the playlists' known songs as CSR) -> a function (row indices) -> scores
+    [rows, songs]), or from the tags and title where a playlist has no known song; tags by `tag_method`."""
+
+    def __init__(self, data, vocabulary, song_source, tag_method=TAG_METHOD, popular_only=False):
+        if tag_method not in TAG_METHODS:
+            raise InputError(f"--tag_method must be one of {', '.join(TAG_METHODS)} (got {tag_method!r})")
+        self.data, self.vocabulary, self.song_source = data, vocabulary, song_source
+        self.tag_method, self.popular_only = tag_method, popular_only
+        self.song_index = pd.Index(data.meta.get("item_ids", range(data.num_items)))
+        self.user_index = pd.Index(data.meta.get("user_ids", range(data.num_users)))
+
+    def known_songs(self, playlists):
+        """(indptr, song indices, number of songs unknown to the model) of the playlists' songs."""
+        found = [self.song_index.get_indexer(pd.unique(np.asarray(p["songs"], dtype=np.int64)))
+                 if p["songs"] else np.zeros(0, np.int64) for p in playlists]
+        unknown = sum(int((f < 0).sum()) for f in found)
+        indptr, songs = csr([f[f >= 0].tolist() for f in found], len(playlists))
+        return indptr, songs, unknown
+
+    def answer(self, playlists, k_songs=ARENA_SONGS, k_tags=ARENA_TAGS, timings=None):
+        """(results [{"id", "songs", "tags"}], song scores' top k_songs item indices [rows, k_songs] and scores,
+        the number of the playlists' songs unknown to the model). Each playlist's songs and tags exclude its own."""
+        indptr, songs, unknown = self.known_songs(playlists)
+        users = torch.tensor(self.user_index.get_indexer([p["id"] for p in playlists]), dtype=torch.int64)
+        timings = {} if timings is None else timings
+        started = time.perf_counter()
+        has_songs = (indptr[1:] > indptr[:-1]) & (not self.popular_only)
+        rows = has_songs.nonzero().squeeze(1)
+        scores_for = self.song_source(users[rows], *sub_csr(indptr, songs, rows)) if len(rows) else None
+        position = torch.full((len(playlists),), -1, dtype=torch.int64)
+        position[rows] = torch.arange(len(rows))
+        timings["prepare_seconds"] = time.perf_counter() - started
+        top_songs, top_scores, top_tags = [], [], []
+        for begin in range(0, len(playlists), CHUNK_ROWS):
+            chunk = slice(begin, begin + CHUNK_ROWS)
+            chunk_indptr, chunk_songs = sub_csr(indptr, songs, torch.arange(len(playlists))[chunk])
+            started = time.perf_counter()
+            best, best_scores = self.top_songs(playlists[chunk], position[chunk], scores_for, chunk_indptr,
+                                               chunk_songs, k_songs)
+            top_songs.append(best)
+            top_scores.append(best_scores)
+            timings["songs_seconds"] = timings.get("songs_seconds", 0) + time.perf_counter() - started
+            started = time.perf_counter()
+            top_tags.append(self.top_tags(playlists[chunk], chunk_indptr, chunk_songs, best, k_tags))
+            timings["tags_seconds"] = timings.get("tags_seconds", 0) + time.perf_counter() - started
+        top_songs, top_scores, top_tags = torch.cat(top_songs), torch.cat(top_scores), torch.cat(top_tags)
+        song_ids = np.asarray(self.song_index)[top_songs.numpy()].tolist()
+        tag_names = np.asarray(self.vocabulary.tags, dtype=object)[top_tags.numpy()].tolist()
+        results = [{"id": p["id"], "songs": s, "tags": t} for p, s, t in zip(playlists, song_ids, tag_names)]
+        return results, top_songs, top_scores, unknown
+
+    def top_songs(self, playlists, position, scores_for, indptr, songs, k):
+        """The k best songs [rows, k] of each playlist (and their scores), never one of its own: from
+        scores_for(position) where position >= 0, else from the fallback."""
+        scores = torch.empty(len(playlists), self.data.num_items)
+        scored = position >= 0
+        if scored.any():
+            scores[scored] = scores_for(position[scored])
+        if (~scored).any():
+            rows = (~scored).nonzero().squeeze(1)
+            scores[rows] = self.fallback_songs([playlists[r] for r in rows.tolist()])
+        scores[rows_of(indptr), songs] = float("-inf")
+        top = scores.topk(k, dim=1)
+        return top.indices, top.values
+
+    def fallback_songs(self, playlists):
+        """Scores [rows, songs] for playlists with no known song: P(song | feature) averaged over their tags and
+        title words, then popularity (which alone ranks them for popular_only)."""
+        v = self.vocabulary
+        popularity = v.song_popularity / v.song_popularity.sum()
+        if self.popular_only:
+            return popularity.expand(len(playlists), -1).clone()
+        features = mean_rows(*csr([v.features(p["tags"], p["plylst_title"]) for p in playlists], len(playlists)),
+                             v.num_features)
+        return (v.song_given_feature @ features.t()).t() + 1e-3 * popularity
+
+    def top_tags(self, playlists, indptr, songs, top_songs, k):
+        """The k best tags [rows, k] of each playlist by the tag method, never one of its own."""
+        v, method = self.vocabulary, self.tag_method
+        scores = (v.tag_popularity / v.tag_popularity.sum()).repeat(len(playlists), 1) * 1e-3
+        if method != "popular" and not self.popular_only:
+            if "title" in method:
+                features = csr([v.features(p["tags"], p["plylst_title"]) for p in playlists], len(playlists))
+                scores += (v.tag_given_feature.t() @ mean_rows(*features, v.num_features).t()).t()
+            if "songs" in method:
+                scores += (v.tag_given_song.t() @ mean_rows(indptr, songs, v.num_songs).t()).t()
+            if "recommended" in method:
+                recommended = top_songs[:, :RECOMMENDED_FOR_TAGS]
+                rec_indptr = torch.arange(0, recommended.numel() + 1, recommended.shape[1])
+                scores += (v.tag_given_song.t() @ mean_rows(rec_indptr, recommended.reshape(-1),
+                                                              v.num_songs).t()).t()
+        own = csr([v.tags.get_indexer(p["tags"])[v.tags.get_indexer(p["tags"]) >= 0].tolist() for p in playlists],
+                  len(playlists))
+        scores[rows_of(own[0]), own[1]] = float("-inf")
+        return scores.topk(k, dim=1).indices
+
+
+def sub_csr(indptr, values, rows):
+    """The CSR table of `rows` of (indptr, values)."""
+    lengths = indptr[rows + 1] - indptr[rows]
+    sub_indptr = torch.zeros(len(rows) + 1, dtype=torch.int64)
+    sub_indptr[1:] = torch.cumsum(lengths, 0)
+    starts = indptr[rows].repeat_interleave(lengths)
+    offsets = torch.arange(int(lengths.sum())) - sub_indptr[:-1].repeat_interleave(lengths)
+    return sub_indptr, values[starts + offsets]
+
+
+def model_songs(model, num_items, fold_in_all=False, timings=None):
+    """A song_source for a trained model: users score with their own embeddings; the other playlists (every one
+    with fold_in_all) are folded in first, all at once."""
+    def song_source(users, indptr, songs):
+        new = (users < 0) | fold_in_all
+        rows = new.nonzero().squeeze(1)
+        folded_row = torch.full((len(users),), -1, dtype=torch.int64)
+        folded_row[rows] = torch.arange(len(rows))
+        started = time.perf_counter()
+        folded = fold_in(model, *sub_csr(indptr, songs, rows), num_items) if len(rows) else None
+        if timings is not None:
+            timings.update(fold_in_seconds=time.perf_counter() - started, folded_in=len(rows))
+        with torch.no_grad():
+            trained, folded_score = model.candidate_scorer(), folded.candidate_scorer() if folded else None
+
+        @torch.no_grad()
+        def scores_for(positions):
+            out = torch.empty(len(positions), num_items)
+            own = ~new[positions]
+            if own.any():
+                out[own] = trained(users[positions[own]]).float()
+            if (~own).any():
+                out[~own] = folded_score(folded_row[positions[~own]]).float()
+            return out
+
+        return scores_for
+
+    return song_source
+
+
+def continue_questions(continuation, questions, timings=None):
+    """(results, number of the questions' songs unknown to the model): every question answered, in order, checked
+    against the Arena's rules."""
+    for what, have, need in (("songs", continuation.data.num_items, ARENA_SONGS),
+                             ("tags", len(continuation.vocabulary.tags), ARENA_TAGS)):
+        longest = max([len(q[what]) for q in questions], default=0)
+        if have < need + longest:
+            raise InputError(f"the split knows only {have} {what}: too few to recommend {need} new ones to a "
+                             f"playlist with {longest}")
+    results, _, _, unknown = continuation.answer(questions, timings=timings)
+    check_arena_results(results, [q["id"] for q in questions], "results")
+    return results, unknown
+
+
+def write_results(path, results):
+    with atomic_open(path, encoding="utf-8") as f:
+        json.dump(results, f, ensure_ascii=False)
