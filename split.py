@@ -251,8 +251,14 @@ def arena_split(playlists, seed=ARENA_SEED):
     playlists = list(playlists)
     random.Random(seed).shuffle(playlists)
     first = int(len(playlists) * (1 - ARENA_QUESTION_SHARE))
-    train, asked = playlists[:first], playlists[first:]
-    rng = np.random.default_rng(seed)
+    questions, answers, kinds = arena_questions(playlists[first:], np.random.default_rng(seed))
+    asked = [tuple(q.get(key, MISSING) for key in PLAYLIST_FIELDS) for q in questions]
+    return playlists[:first], asked, questions, answers, kinds
+
+
+def arena_questions(asked, rng):
+    """(questions, answers, {kind: count}) of the playlists `asked` (tuples), as the Arena's split_data.py makes
+    them: the ARENA_KINDS in order, the questions shuffled by `rng`."""
     kinds, questions, answers, begin = {}, [], [], 0
     for kind, end, masked, removed in ARENA_KINDS:
         group, begin = asked[begin:int(len(asked) * end)], int(len(asked) * end)
@@ -273,9 +279,7 @@ def arena_split(playlists, seed=ARENA_SEED):
             questions.append(question)
             answers.append(answer)
     order = rng.permutation(len(questions))
-    questions, answers = [questions[i] for i in order], [answers[i] for i in order]
-    asked = [tuple(q.get(key, MISSING) for key in PLAYLIST_FIELDS) for q in questions]
-    return train, asked, questions, answers, kinds
+    return [questions[i] for i in order], [answers[i] for i in order], kinds
 
 
 def load_melon(path, playlists, num_questions=0):

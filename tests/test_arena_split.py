@@ -126,3 +126,14 @@ def test_question_id_already_in_train_json(melon, tmp_path, monkeypatch, capsys)
     assert "record 0" in err and "appears twice (also in" in err
     err = run_main(monkeypatch, capsys, "--input", tmp_path / "x.dat", "--arena")
     assert "--arena, --questions and --exclude need a Melon train.json" in err
+
+
+def test_synthetic_val_json_runs_the_official_path(tmp_path):
+    train_json, _ = synthetic.generate(str(tmp_path), playlists=200, songs=300, questions=40)
+    questions, answers = load(tmp_path / "val.json"), load(tmp_path / "val_answers.json")
+    assert len(questions) == 40 and [a["id"] for a in answers] == [q["id"] for q in questions]
+    assert sum(not q["songs"] and not q["tags"] for q in questions) == 2  # 5% title only
+    assert not {q["id"] for q in questions} & {p["id"] for p in load(train_json)}
+    meta = split.split(train_json, str(tmp_path), "o", min_item_count=1, questions=[str(tmp_path / "val.json")],
+                       verbose=False)
+    assert meta["num_question_users"] == sum(bool(q["songs"]) for q in questions)
