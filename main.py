@@ -68,8 +68,9 @@ def build_parser():
     p.add_argument("--patience", type=int, default=0,
                    help="stop after this many epochs without a better NDCG (0: never stop early)")
     p.add_argument("--exclude_test_neg", action=argparse.BooleanOptionalAction, default=True,
-                   help="training negatives avoid the user's test negatives, as the seed did "
-                        "(--no-exclude_test_neg: the NCF paper's protocol)")
+                   help="training negatives avoid the user's held-out items and their evaluation negatives, as the "
+                        "seed did (--no-exclude_test_neg: the NCF paper's protocol: they avoid only the user's "
+                        "training items, so the held-out test and validation items can be drawn)")
     p.add_argument("--pretrain", action="store_true",
                    help="train GMF, then MLP, then NeuMF initialised from both (SAVE_DIR/gmf, SAVE_DIR/mlp, SAVE_DIR)")
     p.add_argument("--pretrain_gmf", default=None, help="GMF checkpoint to initialise NeuMF from")
