@@ -19,13 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines import csr_rows, row_ids
 from metrics import ARENA_SONGS, ARENA_TAGS, check_arena_results
 from split import check_unique_ids, read_playlists
 from utils import MISSING, InputError, atomic_open, read_json
 
 TAG_METHODS = ("popular", "title", "songs", "songs+title", "songs+title+recommended")
-TAG_METHOD = "songs+title+recommended"
+TAG_METHOD = "title"
 RECOMMENDED_FOR_TAGS = 20  # top recommended songs whose tags count
+FEATURE_WEIGHT = 0.4  # songs of a playlist with known songs: z(song scores) + FEATURE_WEIGHT x z(P(song | features))
 FOLD_IN = {"steps": 40, "lr": 0.05, "num_neg": 4, "seed": 0}
 CHUNK_ROWS = 1024  # playlists answered together: [CHUNK_ROWS, songs] float scores
 
@@ -49,10 +51,6 @@ def csr(lists, num_rows):
     indptr = torch.zeros(num_rows + 1, dtype=torch.int64)
     indptr[1:] = torch.cumsum(lengths, 0)
     return indptr, torch.tensor([v for x in lists for v in x], dtype=torch.int64)
-
-
-def rows_of(indptr):
-    return torch.arange(len(indptr) - 1).repeat_interleave(indptr[1:] - indptr[:-1])
 
 
 def normalised(rows, columns, shape, by):
@@ -101,7 +99,7 @@ class Vocabulary:
 
 def pair_up(left_indptr, left, right_indptr, right):
     """(left value, right value) of every pair of values that one row holds in two CSR tables of the same rows."""
-    left_rows, right_lengths = rows_of(left_indptr), right_indptr[1:] - right_indptr[:-1]
+    left_rows, right_lengths = row_ids(left_indptr), right_indptr[1:] - right_indptr[:-1]
     repeats = right_lengths[left_rows]
     left_values = left.repeat_interleave(repeats)
     starts = right_indptr[left_rows].repeat_interleave(repeats)
@@ -111,11 +109,16 @@ def pair_up(left_indptr, left, right_indptr, right):
 
 def mean_rows(indptr, values, width):
     """Dense [rows, width]: each row 1/n at its n values (the mean of their one-hot vectors), zero when empty."""
-    rows = rows_of(indptr)
+    rows = row_ids(indptr)
     lengths = (indptr[1:] - indptr[:-1]).clamp(min=1).float()
     dense = torch.zeros(len(indptr) - 1, width)
     dense[rows, values] = 1.0 / lengths[rows]
     return dense
+
+
+def standardised(scores):
+    """Each row's scores less their mean, over their standard deviation (rows of equal scores: zero)."""
+    return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp(min=1e-12)
 
 
 def with_user_tables(model, tables):
@@ -140,7 +143,7 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
     tables = {name: nn.Parameter(getattr(model, name).weight.detach().mean(0).repeat(len(indptr) - 1, 1))
               for name in names}
     folded = with_user_tables(model, tables)
-    rows = rows_of(indptr)
+    rows = row_ids(indptr)
     generator = torch.Generator().manual_seed(seed)
     labels = torch.zeros(len(songs), 1 + num_neg)
     labels[:, 0] = 1
@@ -167,13 +170,16 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
 class Continuation:
     """Answers question playlists for one split: songs from `song_source` (a function (users [rows], -1 where the
     playlist is not a user; indptr, songs: the playlists' known songs as CSR) -> a function (row indices) -> scores
-    [rows, songs]), or from the tags and title where a playlist has no known song; tags by `tag_method`."""
+    [rows, songs]), or (with `fallback`) from the tags and title where a playlist has no known song; tags by
+    `tag_method`. Where a playlist has both, its song scores and its tags' and title words' P(song | feature),
+    each standardised over the songs, are added with weights 1 and `feature_weight`."""
 
-    def __init__(self, data, vocabulary, song_source, tag_method=TAG_METHOD, popular_only=False):
+    def __init__(self, data, vocabulary, song_source, tag_method=TAG_METHOD, fallback=True,
+                 feature_weight=FEATURE_WEIGHT):
         if tag_method not in TAG_METHODS:
             raise InputError(f"--tag_method must be one of {', '.join(TAG_METHODS)} (got {tag_method!r})")
         self.data, self.vocabulary, self.song_source = data, vocabulary, song_source
-        self.tag_method, self.popular_only = tag_method, popular_only
+        self.tag_method, self.fallback, self.feature_weight = tag_method, fallback, feature_weight
         self.song_index = pd.Index(data.meta.get("item_ids", range(data.num_items)))
         self.user_index = pd.Index(data.meta.get("user_ids", range(data.num_users)))
 
@@ -192,16 +198,16 @@ class Continuation:
         users = torch.tensor(self.user_index.get_indexer([p["id"] for p in playlists]), dtype=torch.int64)
         timings = {} if timings is None else timings
         started = time.perf_counter()
-        has_songs = (indptr[1:] > indptr[:-1]) & (not self.popular_only)
+        has_songs = (indptr[1:] > indptr[:-1]) | (not self.fallback)
         rows = has_songs.nonzero().squeeze(1)
-        scores_for = self.song_source(users[rows], *sub_csr(indptr, songs, rows)) if len(rows) else None
+        scores_for = self.song_source(users[rows], *csr_rows(indptr, songs, rows)) if len(rows) else None
         position = torch.full((len(playlists),), -1, dtype=torch.int64)
         position[rows] = torch.arange(len(rows))
         timings["prepare_seconds"] = time.perf_counter() - started
         top_songs, top_scores, top_tags = [], [], []
         for begin in range(0, len(playlists), CHUNK_ROWS):
             chunk = slice(begin, begin + CHUNK_ROWS)
-            chunk_indptr, chunk_songs = sub_csr(indptr, songs, torch.arange(len(playlists))[chunk])
+            chunk_indptr, chunk_songs = csr_rows(indptr, songs, torch.arange(len(playlists))[chunk])
             started = time.perf_counter()
             best, best_scores = self.top_songs(playlists[chunk], position[chunk], scores_for, chunk_indptr,
                                                chunk_songs, k_songs)
@@ -224,29 +230,35 @@ class Continuation:
         scored = position >= 0
         if scored.any():
             scores[scored] = scores_for(position[scored])
+            if self.feature_weight:
+                rows = scored.nonzero().squeeze(1)
+                features = self.feature_songs([playlists[r] for r in rows.tolist()])
+                scores[rows] = standardised(scores[rows]) + self.feature_weight * standardised(features)
         if (~scored).any():
             rows = (~scored).nonzero().squeeze(1)
             scores[rows] = self.fallback_songs([playlists[r] for r in rows.tolist()])
-        scores[rows_of(indptr), songs] = float("-inf")
+        scores[row_ids(indptr), songs] = float("-inf")
         top = scores.topk(k, dim=1)
         return top.indices, top.values
 
     def fallback_songs(self, playlists):
         """Scores [rows, songs] for playlists with no known song: P(song | feature) averaged over their tags and
-        title words, then popularity (which alone ranks them for popular_only)."""
+        title words, then popularity."""
+        popularity = self.vocabulary.song_popularity / self.vocabulary.song_popularity.sum()
+        return self.feature_songs(playlists) + 1e-3 * popularity
+
+    def feature_songs(self, playlists):
+        """P(song | feature) [rows, songs], averaged over each playlist's tags and title words (zero without)."""
         v = self.vocabulary
-        popularity = v.song_popularity / v.song_popularity.sum()
-        if self.popular_only:
-            return popularity.expand(len(playlists), -1).clone()
         features = mean_rows(*csr([v.features(p["tags"], p["plylst_title"]) for p in playlists], len(playlists)),
                              v.num_features)
-        return (v.song_given_feature @ features.t()).t() + 1e-3 * popularity
+        return (v.song_given_feature @ features.t()).t()
 
     def top_tags(self, playlists, indptr, songs, top_songs, k):
         """The k best tags [rows, k] of each playlist by the tag method, never one of its own."""
         v, method = self.vocabulary, self.tag_method
         scores = (v.tag_popularity / v.tag_popularity.sum()).repeat(len(playlists), 1) * 1e-3
-        if method != "popular" and not self.popular_only:
+        if method != "popular":
             if "title" in method:
                 features = csr([v.features(p["tags"], p["plylst_title"]) for p in playlists], len(playlists))
                 scores += (v.tag_given_feature.t() @ mean_rows(*features, v.num_features).t()).t()
@@ -259,18 +271,8 @@ class Continuation:
                                                               v.num_songs).t()).t()
         own = csr([v.tags.get_indexer(p["tags"])[v.tags.get_indexer(p["tags"]) >= 0].tolist() for p in playlists],
                   len(playlists))
-        scores[rows_of(own[0]), own[1]] = float("-inf")
+        scores[row_ids(own[0]), own[1]] = float("-inf")
         return scores.topk(k, dim=1).indices
-
-
-def sub_csr(indptr, values, rows):
-    """The CSR table of `rows` of (indptr, values)."""
-    lengths = indptr[rows + 1] - indptr[rows]
-    sub_indptr = torch.zeros(len(rows) + 1, dtype=torch.int64)
-    sub_indptr[1:] = torch.cumsum(lengths, 0)
-    starts = indptr[rows].repeat_interleave(lengths)
-    offsets = torch.arange(int(lengths.sum())) - sub_indptr[:-1].repeat_interleave(lengths)
-    return sub_indptr, values[starts + offsets]
 
 
 def model_songs(model, num_items, fold_in_all=False, timings=None):
@@ -282,7 +284,7 @@ def model_songs(model, num_items, fold_in_all=False, timings=None):
         folded_row = torch.full((len(users),), -1, dtype=torch.int64)
         folded_row[rows] = torch.arange(len(rows))
         started = time.perf_counter()
-        folded = fold_in(model, *sub_csr(indptr, songs, rows), num_items) if len(rows) else None
+        folded = fold_in(model, *csr_rows(indptr, songs, rows), num_items) if len(rows) else None
         if timings is not None:
             timings.update(fold_in_seconds=time.perf_counter() - started, folded_in=len(rows))
         with torch.no_grad():

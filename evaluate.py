@@ -273,11 +273,14 @@ def continuation_for(model, data, data_dir, args, timings=None):
     if args.baseline is not None:
         import baselines
         fitted = baselines.fit(args.baseline, data)
+        # most popular is the Arena's own baseline: popular songs and tags for every playlist, whatever it holds
+        popular = args.baseline == "pop"
         return continuation.Continuation(data, vocabulary, lambda users, indptr, songs: (
-            lambda rows: fitted.history_scores(*continuation.sub_csr(indptr, songs, rows)).float()),
-            args.tag_method if args.baseline != "pop" else "popular", popular_only=args.baseline == "pop")
+            lambda rows: fitted.history_scores(*baselines.csr_rows(indptr, songs, rows)).float()),
+            "popular" if popular else args.tag_method, fallback=not popular, feature_weight=0 if popular else
+            args.feature_weight)
     songs = continuation.model_songs(model, data.num_items, args.fold_in == "all", timings)
-    return continuation.Continuation(data, vocabulary, songs, args.tag_method)
+    return continuation.Continuation(data, vocabulary, songs, args.tag_method, feature_weight=args.feature_weight)
 
 
 def continue_questions(model, data, data_dir, args):
@@ -332,7 +335,7 @@ def model_from_checkpoint(checkpoint, data):
 
 def main():
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by main.py")
+    parser.add_argument("--checkpoint", help="best.pt or last.pt written by main.py")
     parser.add_argument("--eval", choices=["sampled", "full"], default="sampled",
                         help="sampled: held-out item among its 99 negatives; full: among all unseen items")
     parser.add_argument("--split", choices=["test", "val"], default="test", help="which held-out items to score")
@@ -355,16 +358,28 @@ def main():
                         help="--continue/--playlist: fold in the playlists the model was not trained on, or all")
     parser.add_argument("--tag_method", choices=continuation.TAG_METHODS, default=continuation.TAG_METHOD,
                         help="--continue/--playlist: what the tags come from")
+    parser.add_argument("--feature_weight", type=float, default=continuation.FEATURE_WEIGHT,
+                        help="--continue/--playlist: weight of the songs that a playlist's tags and title words "
+                             "co-occur with, added to its song scores (both standardised); 0: song scores alone")
     parser.add_argument("--baseline", choices=["pop", "itemknn", "ease"], default=None,
-                        help="--continue/--playlist: songs from this non-neural baseline fitted on the checkpoint's "
-                             "split instead of the model")
+                        help="--continue/--playlist: songs from this non-neural baseline (baselines.py) fitted on "
+                             "the checkpoint's split instead of the model, or without --checkpoint on --dataset's")
+    parser.add_argument("--data_dir", default="data", help="--baseline without --checkpoint: the split's directory")
+    parser.add_argument("--dataset", help="--baseline without --checkpoint: the split's name")
     args = parser.parse_args()
     if args.continue_ is not None and not args.out:
         parser.error("--continue needs --out results.json")
     for flag in ("out", "answers"):
         if getattr(args, flag) and args.continue_ is None:
             parser.error(f"--{flag} goes with --continue")
+    if args.checkpoint is None and not (args.baseline and args.dataset and (args.continue_ or args.playlist)):
+        parser.error("--checkpoint is required (or --baseline NAME --dataset NAME with --continue or --playlist)")
     device = resolve_device(args.gpu)
+    if args.checkpoint is None:
+        data = dataloader.load(args.data_dir, args.dataset, device)
+        if args.continue_ is not None:
+            return continue_questions(None, data, args.data_dir, args)
+        return print_playlists(None, data, args.data_dir, args, 10 if args.k is None else args.k)
     checkpoint = load_checkpoint(args.checkpoint, device)
     config = checkpoint["config"]
     k = config["topk"] if args.k is None else args.k

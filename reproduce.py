@@ -25,10 +25,16 @@ from utils import Parser, run_cli
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the commands run here
 ML1M = "--data_dir ../shared/data/ncf-ml-1m --dataset ml-1m"
 LASTFM = "../shared/data/lastfm-hetrec2011/user_artists.dat"
-SPLITS = {  # dataset -> the split.py command that makes it in data/
+SYNTHETIC = {"sample": "synthetic.py --out data/sample", "melon_syn": "synthetic.py --scale melon --out data/melon_syn"}
+SPLITS = {  # dataset -> the split.py command that makes it in data/ (commands joined by && run in turn)
     "lastfm_random": f"split.py --input {LASTFM} --out_dir data --name lastfm_random --test_item random",
     "lastfm_val": f"split.py --input {LASTFM} --out_dir data --name lastfm_val --test_item random --val",
     "lastfm": f"split.py --input {LASTFM} --out_dir data --name lastfm",
+    **{f"{raw.split('_')[0]}_arena": f"{SYNTHETIC[raw]} && split.py --input data/{raw}/train.json --out_dir data "
+       f"--name {raw.split('_')[0]}_arena --arena" for raw in SYNTHETIC},  # Arena splits: sample_arena, melon_arena
+    **{f"{raw.split('_')[0]}_noq": f"{SYNTHETIC[raw]} && split.py --input data/{raw}/train.json --out_dir data "
+       f"--name {raw.split('_')[0]}_arena --arena && split.py --input data/{raw}/train.json --out_dir data "
+       f"--name {raw.split('_')[0]}_noq --exclude data/{raw.split('_')[0]}_arena.questions.json" for raw in SYNTHETIC},
 }
 DOCS = ("README.md", "RESULTS.md", "PERFORMANCE.md")  # the documents that report figures
 MF = "--model mf --num_neg 8 --batch_size 4096 --lr 3e-3 --no-sparse --epochs 40"
@@ -40,6 +46,7 @@ class Experiment:
     paper: str = ""  # the published figure (HR@10 / NDCG@10), where there is one
     readme: str = ""  # the figure the documents report (HR@10 / NDCG@10), in a section that names the experiment
     full_ranking: bool = False  # score best.pt again with evaluate.py --eval full
+    then: str = ""  # a command run after it, {save_dir} standing for its save directory
 
     @property
     def script(self):
@@ -188,11 +195,19 @@ def run(name, extra, save_dir):
     argv = experiment.argv() + extra
     data_dir, dataset = dataset_of(argv)
     if dataset in SPLITS and data_dir == "data" and not os.path.exists(os.path.join(ROOT, "data", f"{dataset}.train.rating")):
-        status = command([sys.executable, *shlex.split(SPLITS[dataset])])
-        if status:
-            return status
+        for step in SPLITS[dataset].split(" && "):
+            status = command([sys.executable, *shlex.split(step)])
+            if status:
+                return status
     save_dir = save_dir or os.path.join(ROOT, "runs", "reproduce", name, time.strftime("%Y%m%d-%H%M%S"))
-    status = command([sys.executable, *argv, "--out_dir" if experiment.script == "grid.py" else "--save_dir", save_dir])
+    if experiment.script == "evaluate.py":  # a baseline's results.json
+        os.makedirs(save_dir, exist_ok=True)
+        status = command([sys.executable, *argv, "--out", os.path.join(save_dir, "results.json")])
+    else:
+        status = command([sys.executable, *argv, "--out_dir" if experiment.script == "grid.py" else "--save_dir",
+                          save_dir])
+    if not status and experiment.then:
+        status = command([sys.executable, *shlex.split(experiment.then.format(save_dir=save_dir))])
     if status or not experiment.full_ranking:
         return status
     return command([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"), "--eval", "full"])
