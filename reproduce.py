@@ -87,6 +87,32 @@ def large_batch(batch, lr, betas, negatives, dense, readme):
                       f"{betas_flags}{' --no-sparse' if dense else ''} --threads 2", readme=readme)
 
 
+def arena(scale, command, readme="", then=""):
+    """An experiment of the Kakao Arena task on the local Arena split of the synthetic data at `scale` (sample or
+    melon): `command` with {arena} for the split's flags and {questions} for --continue's; readme: song nDCG@100 /
+    tag nDCG@10 / score."""
+    data = f"--data_dir data --dataset {scale}_arena"
+    questions = f"--continue data/{scale}_arena.questions.json --answers data/{scale}_arena.answers.json"
+    return Experiment(command.format(arena=data, questions=questions), readme=readme,
+                      then=then.format(questions=questions, save_dir="{save_dir}"))
+
+
+ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULTS.md's playlist continuation section
+    "arena-sample-neumf": arena("sample", "main.py {arena}", "0.2172 / 0.6003 / 0.2747"),
+    "arena-sample-pop": arena("sample", "evaluate.py --baseline pop {arena} {questions}", "0.0264 / 0.2579 / 0.0612"),
+    "arena-sample-itemknn": arena("sample", "evaluate.py --baseline itemknn {arena} {questions}",
+                                  "0.2233 / 0.6003 / 0.2799"),
+    "arena-sample-foldin": Experiment(
+        "main.py --data_dir data --dataset sample_noq", readme="",
+        then="evaluate.py --checkpoint {save_dir}/best.pt --continue data/sample_arena.questions.json "
+             "--answers data/sample_arena.answers.json --out {save_dir}/arena_results.json"),
+    "arena-melon-neumf": arena("melon", "main.py {arena}", "",
+                               then="bench.py --continuation {save_dir}/best.pt --json {save_dir}/bench.json"),
+    "arena-melon-pop": arena("melon", "evaluate.py --baseline pop {arena} {questions}"),
+    "arena-melon-itemknn": arena("melon", "evaluate.py --baseline itemknn {arena} {questions}"),
+}
+
+
 EXPERIMENTS = {
     **{f"table2-neumf-{f}": table2(f, False) for f in (8, 16, 32, 64)},
     **{f"table2-neumf-pre-{f}": table2(f, True) for f in (8, 16, 32, 64)},
@@ -135,6 +161,7 @@ EXPERIMENTS = {
     "sample": Experiment("main.py", readme="0.4927 / 0.2409", full_ranking=True),
     "sample-2-ranks": Experiment("-m torch.distributed.run --standalone --nproc_per_node 2 main.py --gpu cpu",
                                  readme="0.4977 / 0.2477"),
+    **ARENA_EXPERIMENTS,
 }
 
 
@@ -179,7 +206,8 @@ def listing():
     lines = []
     for name, experiment in EXPERIMENTS.items():
         lines.append(f"{name}\n    python3 {experiment.command}"
-                     + (" (then evaluate.py --eval full on its best.pt)" if experiment.full_ranking else ""))
+                     + (" (then evaluate.py --eval full on its best.pt)" if experiment.full_ranking else "")
+                     + (f"\n    then python3 {experiment.then}" if experiment.then else ""))
         figures = [f"paper {experiment.paper}"] if experiment.paper else []
         figures += [f"ours {experiment.readme}"] if experiment.readme else []
         if figures:

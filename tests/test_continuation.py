@@ -24,7 +24,7 @@ def arena(tmp_path_factory):
     root = tmp_path_factory.mktemp("arena")
     train_json, _ = synthetic.generate(str(root / "raw"), playlists=500, songs=600, seed=3)
     split.split(train_json, str(root / "data"), "ar", min_item_count=8, arena=True, verbose=False)
-    main.main(["--data_dir", str(root / "data"), "--dataset", "ar", "--epochs", "2", "--batch_size", "256",
+    main.main(["--data_dir", str(root / "data"), "--dataset", "ar", "--epochs", "1", "--batch_size", "256",
                "--gpu", "cpu", "--wandb", "disabled", "--save_dir", str(root / "run")])
     return root
 
@@ -61,6 +61,8 @@ def test_continue_writes_valid_results_and_prints_the_score_last(arena, monkeypa
     song, tag, score = arena_score(results, load(data / "ar.answers.json"))
     assert last == f"song nDCG@100 {song:.4f} tag nDCG@10 {tag:.4f} score {score:.4f}"
     assert "songs of the questions are unknown to the model" in out  # songs filtered out of the split
+    # main.py scored its best checkpoint the same way (the run's results.json)
+    assert load(arena / "run" / "results.json")["arena"]["score"] == pytest.approx(score)
     # the official workflow's files have no answers: the same command without --answers
     code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", arena / "run" / "best.pt", "--continue",
                                 data / "ar.questions.json", "--out", arena / "plain.json")

@@ -48,7 +48,7 @@ def in_process(argv, monkeypatch):
     return 0
 
 
-@pytest.mark.parametrize("name", reproduce.EXPERIMENTS)
+@pytest.mark.parametrize("name", [name for name in reproduce.EXPERIMENTS if name not in reproduce.ARENA_EXPERIMENTS])
 def test_each_experiment_runs_its_command(name, tiny_split, tmp_path, monkeypatch):
     """On the tiny split, one epoch (the grid: one epoch a cell), with full ranking afterwards where it has it."""
     data_dir, _ = tiny_split
