@@ -9,6 +9,7 @@ Tags: each playlist's tag, title-word, visible-song and recommended-song co-occu
 tags (TAG_METHODS; measured in RESULTS.md), the most popular tags last.
 """
 import copy
+import itertools
 import json
 import re
 import time
@@ -27,6 +28,8 @@ from utils import MISSING, InputError, atomic_open, read_json
 TAG_METHODS = ("popular", "title", "songs", "songs+title", "songs+title+recommended")
 TAG_METHOD = "title"
 RECOMMENDED_FOR_TAGS = 20  # top recommended songs whose tags count
+TABLE_ENTRIES = 1 << 25  # songs kept for each tag or title word: as many as fit 2^25 entries in all (400 MB)
+TOP_TAGS = 50  # the tags kept for each song, tag or title word
 FEATURE_WEIGHT = 0.4  # songs of a playlist with known songs: z(song scores) + FEATURE_WEIGHT x z(P(song | features))
 FOLD_IN = {"steps": 40, "lr": 0.05, "num_neg": 4, "seed": 0}
 CHUNK_ROWS = 1024  # playlists answered together: [CHUNK_ROWS, songs] float scores
@@ -45,22 +48,54 @@ def title_words(title):
     return re.findall(r"\w+", title.lower())
 
 
-def csr(lists, num_rows):
-    """(indptr, values) int64 tensors of a list of integer lists."""
-    lengths = torch.tensor([len(x) for x in lists], dtype=torch.int64)
-    indptr = torch.zeros(num_rows + 1, dtype=torch.int64)
-    indptr[1:] = torch.cumsum(lengths, 0)
-    return indptr, torch.tensor([v for x in lists for v in x], dtype=torch.int64)
+def coded(index, lists, offset=0):
+    """(rows, codes, number not found): the row and position in `index` (a pandas Index, plus `offset`) of every
+    value of the lists found there, as numpy arrays, in one look-up."""
+    lengths = np.fromiter(map(len, lists), np.int64, len(lists))
+    codes = index.get_indexer(pd.Index(list(itertools.chain.from_iterable(lists)), dtype=index.dtype)) \
+        if lengths.sum() else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(len(lists)), lengths)
+    found = codes >= 0
+    return rows[found], codes[found] + offset, int((~found).sum())
 
 
-def normalised(rows, columns, shape, by):
-    """A sparse [shape] matrix counting each (row, column) pair, every count divided by its row's total (by=0) or
-    its column's total (by=1): co-occurrence counts as conditional probabilities."""
-    counts = torch.sparse_coo_tensor(torch.stack([rows, columns]), torch.ones(len(rows)), shape,
-                                     check_invariants=False).coalesce()
-    index, values = counts.indices(), counts.values()
-    totals = torch.zeros(shape[by]).index_add_(0, index[by], values)
-    return torch.sparse_coo_tensor(index, values / totals[index[by]], shape, check_invariants=False).coalesce()
+def csr(rows, codes, num_rows, width):
+    """(indptr, values) int64 tensors of the distinct (row, code) pairs, codes in [0, width), sorted in a row."""
+    keys = np.unique(rows * width + codes)
+    indptr = np.zeros(num_rows + 1, np.int64)
+    np.cumsum(np.bincount(keys // width, minlength=num_rows), out=indptr[1:])
+    return torch.from_numpy(indptr), torch.from_numpy(keys % width)
+
+
+def conditional(left, right, num_left, keep):
+    """P(right | left) from co-occurring (left value, right value) pairs (int64 tensors): for each left value its
+    `keep` most probable right values, as (right values [num_left, keep], probabilities [num_left, keep]), padded
+    with probability 0. Counted with one sort (np.unique), so no left x right table is ever built."""
+    width = int(right.max()) + 1 if len(right) else 1
+    keys, counts = np.unique(left.numpy() * width + right.numpy(), return_counts=True)
+    rows, columns = keys // width, keys % width
+    probabilities = counts / np.bincount(rows, counts, minlength=num_left)[rows]
+    order = np.lexsort((-probabilities, rows))  # by row, most probable first
+    rows, columns, probabilities = rows[order], columns[order], probabilities[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    kept = rank < keep
+    top_columns = torch.zeros(num_left, keep, dtype=torch.int64)
+    top_probabilities = torch.zeros(num_left, keep)
+    top_columns[rows[kept], rank[kept]] = torch.from_numpy(columns[kept])
+    top_probabilities[rows[kept], rank[kept]] = torch.from_numpy(probabilities[kept]).float()
+    return top_columns, top_probabilities
+
+
+def spread(indptr, keys, table, width):
+    """Dense [rows, width]: for each CSR row, the mean over its keys of the table's rows (a `conditional` table:
+    columns and probabilities), zero for an empty row."""
+    columns, probabilities = table
+    rows = row_ids(indptr)
+    weights = 1.0 / (indptr[1:] - indptr[:-1]).clamp(min=1).float()
+    out = torch.zeros((len(indptr) - 1) * width)
+    out.index_add_(0, (rows[:, None] * width + columns[keys]).reshape(-1),
+                   (probabilities[keys] * weights[rows, None]).reshape(-1))
+    return out.view(len(indptr) - 1, width)
 
 
 class Vocabulary:
@@ -77,24 +112,29 @@ class Vocabulary:
         self.words = pd.Index(pd.unique(pd.Series([w for t in titles for w in title_words(t)], dtype=object)))
         self.num_songs, num_tags = data.num_items, len(self.tags)
         self.num_features = num_tags + len(self.words)
-        tag_indptr, tag_values = csr([self.tags.get_indexer(ts).tolist() for ts in user_tags], data.num_users)
-        feature_indptr, features = csr([self.features(ts, t) for ts, t in zip(user_tags, titles)], data.num_users)
+        tag_indptr, tag_values = self.tag_csr(user_tags)
+        feature_indptr, features = self.features(user_tags, titles)
         song_indptr, songs = data.seen_indptr.cpu(), data.seen_items.cpu()
         self.song_popularity = torch.bincount(songs, minlength=self.num_songs).float()
         self.tag_popularity = torch.bincount(tag_values, minlength=num_tags).float()
-        pairs = pair_up(song_indptr, songs, tag_indptr, tag_values)
-        self.tag_given_song = normalised(*pairs, (self.num_songs, num_tags), by=0)  # [songs, tags]
-        pairs = pair_up(feature_indptr, features, tag_indptr, tag_values)
-        self.tag_given_feature = normalised(*pairs, (self.num_features, num_tags), by=0)  # [features, tags]
-        songs_features = pair_up(song_indptr, songs, feature_indptr, features)
-        self.song_given_feature = normalised(*songs_features, (self.num_songs, self.num_features), by=1)  # [songs, f]
+        self.tag_given_song = conditional(*pair_up(song_indptr, songs, tag_indptr, tag_values), self.num_songs,
+                                          TOP_TAGS)
+        self.tag_given_feature = conditional(*pair_up(feature_indptr, features, tag_indptr, tag_values),
+                                             self.num_features, TOP_TAGS)
+        self.song_given_feature = conditional(*pair_up(feature_indptr, features, song_indptr, songs),
+                                              self.num_features, min(self.num_songs, TABLE_ENTRIES // self.num_features))
 
-    def features(self, tags, title):
-        """Feature indices of a playlist: its known tags, then its known title words (after the tags)."""
-        tag_index = self.tags.get_indexer(tags)
-        word_index = self.words.get_indexer(title_words(title))
-        return sorted(set(tag_index[tag_index >= 0].tolist()) | set((word_index[word_index >= 0]
-                                                                      + len(self.tags)).tolist()))
+    def tag_csr(self, tag_lists):
+        """(indptr, tag indices) of the known tags of each list."""
+        rows, codes, _ = coded(self.tags, tag_lists)
+        return csr(rows, codes, len(tag_lists), len(self.tags))
+
+    def features(self, tag_lists, titles):
+        """(indptr, feature indices) of playlists: their known tags, and their known title words (after the tags)."""
+        tag_rows, tag_codes, _ = coded(self.tags, tag_lists)
+        word_rows, word_codes, _ = coded(self.words, [title_words(title) for title in titles], len(self.tags))
+        return csr(np.concatenate([tag_rows, word_rows]), np.concatenate([tag_codes, word_codes]), len(titles),
+                   self.num_features)
 
 
 def pair_up(left_indptr, left, right_indptr, right):
@@ -105,15 +145,6 @@ def pair_up(left_indptr, left, right_indptr, right):
     starts = right_indptr[left_rows].repeat_interleave(repeats)
     offsets = torch.arange(len(left_values)) - (torch.cumsum(repeats, 0) - repeats).repeat_interleave(repeats)
     return left_values, right[starts + offsets]
-
-
-def mean_rows(indptr, values, width):
-    """Dense [rows, width]: each row 1/n at its n values (the mean of their one-hot vectors), zero when empty."""
-    rows = row_ids(indptr)
-    lengths = (indptr[1:] - indptr[:-1]).clamp(min=1).float()
-    dense = torch.zeros(len(indptr) - 1, width)
-    dense[rows, values] = 1.0 / lengths[rows]
-    return dense
 
 
 def standardised(scores):
@@ -185,11 +216,8 @@ class Continuation:
 
     def known_songs(self, playlists):
         """(indptr, song indices, number of songs unknown to the model) of the playlists' songs."""
-        found = [self.song_index.get_indexer(pd.unique(np.asarray(p["songs"], dtype=np.int64)))
-                 if p["songs"] else np.zeros(0, np.int64) for p in playlists]
-        unknown = sum(int((f < 0).sum()) for f in found)
-        indptr, songs = csr([f[f >= 0].tolist() for f in found], len(playlists))
-        return indptr, songs, unknown
+        rows, codes, unknown = coded(self.song_index, [p["songs"] for p in playlists])
+        return (*csr(rows, codes, len(playlists), self.data.num_items), unknown)
 
     def answer(self, playlists, k_songs=ARENA_SONGS, k_tags=ARENA_TAGS, timings=None):
         """(results [{"id", "songs", "tags"}], song scores' top k_songs item indices [rows, k_songs] and scores,
@@ -250,9 +278,8 @@ class Continuation:
     def feature_songs(self, playlists):
         """P(song | feature) [rows, songs], averaged over each playlist's tags and title words (zero without)."""
         v = self.vocabulary
-        features = mean_rows(*csr([v.features(p["tags"], p["plylst_title"]) for p in playlists], len(playlists)),
-                             v.num_features)
-        return (v.song_given_feature @ features.t()).t()
+        features = v.features([p["tags"] for p in playlists], [p["plylst_title"] for p in playlists])
+        return spread(*features, v.song_given_feature, v.num_songs)
 
     def top_tags(self, playlists, indptr, songs, top_songs, k):
         """The k best tags [rows, k] of each playlist by the tag method, never one of its own."""
@@ -260,17 +287,15 @@ class Continuation:
         scores = (v.tag_popularity / v.tag_popularity.sum()).repeat(len(playlists), 1) * 1e-3
         if method != "popular":
             if "title" in method:
-                features = csr([v.features(p["tags"], p["plylst_title"]) for p in playlists], len(playlists))
-                scores += (v.tag_given_feature.t() @ mean_rows(*features, v.num_features).t()).t()
+                features = v.features([p["tags"] for p in playlists], [p["plylst_title"] for p in playlists])
+                scores += spread(*features, v.tag_given_feature, len(v.tags))
             if "songs" in method:
-                scores += (v.tag_given_song.t() @ mean_rows(indptr, songs, v.num_songs).t()).t()
+                scores += spread(indptr, songs, v.tag_given_song, len(v.tags))
             if "recommended" in method:
                 recommended = top_songs[:, :RECOMMENDED_FOR_TAGS]
                 rec_indptr = torch.arange(0, recommended.numel() + 1, recommended.shape[1])
-                scores += (v.tag_given_song.t() @ mean_rows(rec_indptr, recommended.reshape(-1),
-                                                              v.num_songs).t()).t()
-        own = csr([v.tags.get_indexer(p["tags"])[v.tags.get_indexer(p["tags"]) >= 0].tolist() for p in playlists],
-                  len(playlists))
+                scores += spread(rec_indptr, recommended.reshape(-1), v.tag_given_song, len(v.tags))
+        own = v.tag_csr([p["tags"] for p in playlists])
         scores[row_ids(own[0]), own[1]] = float("-inf")
         return scores.topk(k, dim=1).indices
 
