@@ -28,8 +28,8 @@ from utils import MISSING, InputError, atomic_open, read_json
 TAG_METHODS = ("popular", "title", "songs", "songs+title", "songs+title+recommended")
 TAG_METHOD = "title"
 RECOMMENDED_FOR_TAGS = 20  # top recommended songs whose tags count
-TABLE_ENTRIES = 1 << 25  # songs kept for each tag or title word: as many as fit 2^25 entries in all (400 MB)
-TOP_TAGS = 50  # the tags kept for each song, tag or title word
+TABLE_ENTRIES = 1 << 25  # a co-occurrence table larger than this keeps only each row's most probable entries
+TOP_TAGS = 50  # the fewest entries a row keeps
 FEATURE_WEIGHT = 0.4  # songs of a playlist with known songs: z(song scores) + FEATURE_WEIGHT x z(P(song | features))
 FOLD_IN = {"steps": 40, "lr": 0.05, "num_neg": 4, "seed": 0}
 CHUNK_ROWS = 1024  # playlists answered together: [CHUNK_ROWS, songs] float scores
@@ -67,14 +67,19 @@ def csr(rows, codes, num_rows, width):
     return torch.from_numpy(indptr), torch.from_numpy(keys % width)
 
 
-def conditional(left, right, num_left, keep):
-    """P(right | left) from co-occurring (left value, right value) pairs (int64 tensors): for each left value its
-    `keep` most probable right values, as (right values [num_left, keep], probabilities [num_left, keep]), padded
-    with probability 0. Counted with one sort (np.unique), so no left x right table is ever built."""
-    width = int(right.max()) + 1 if len(right) else 1
+def conditional(left, right, num_left, width):
+    """P(right | left) from co-occurring (left value, right value) pairs (int64 tensors; right values < width):
+    a dense [num_left, width] table when it has at most TABLE_ENTRIES entries, else for each left value its most
+    probable right values (TABLE_ENTRIES // num_left of them, at least TOP_TAGS), as (right values [num_left, keep],
+    probabilities [num_left, keep]) padded with probability 0. Counted with one sort (np.unique)."""
     keys, counts = np.unique(left.numpy() * width + right.numpy(), return_counts=True)
     rows, columns = keys // width, keys % width
     probabilities = counts / np.bincount(rows, counts, minlength=num_left)[rows]
+    if num_left * width <= TABLE_ENTRIES:
+        table = torch.zeros(num_left, width)
+        table[torch.from_numpy(rows), torch.from_numpy(columns)] = torch.from_numpy(probabilities).float()
+        return table
+    keep = max(TOP_TAGS, TABLE_ENTRIES // num_left)
     order = np.lexsort((-probabilities, rows))  # by row, most probable first
     rows, columns, probabilities = rows[order], columns[order], probabilities[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
@@ -87,11 +92,15 @@ def conditional(left, right, num_left, keep):
 
 
 def spread(indptr, keys, table, width):
-    """Dense [rows, width]: for each CSR row, the mean over its keys of the table's rows (a `conditional` table:
-    columns and probabilities), zero for an empty row."""
-    columns, probabilities = table
+    """Dense [rows, width]: for each CSR row, the mean over its keys of the rows of a `conditional` table, zero for
+    an empty row."""
     rows = row_ids(indptr)
     weights = 1.0 / (indptr[1:] - indptr[:-1]).clamp(min=1).float()
+    if isinstance(table, torch.Tensor):  # dense: a sparse [rows, keys] matrix of the weights times the table
+        means = torch.sparse_coo_tensor(torch.stack([rows, keys]), weights[rows], (len(indptr) - 1, len(table)),
+                                        check_invariants=False)
+        return torch.sparse.mm(means, table)
+    columns, probabilities = table
     out = torch.zeros((len(indptr) - 1) * width)
     out.index_add_(0, (rows[:, None] * width + columns[keys]).reshape(-1),
                    (probabilities[keys] * weights[rows, None]).reshape(-1))
@@ -118,11 +127,11 @@ class Vocabulary:
         self.song_popularity = torch.bincount(songs, minlength=self.num_songs).float()
         self.tag_popularity = torch.bincount(tag_values, minlength=num_tags).float()
         self.tag_given_song = conditional(*pair_up(song_indptr, songs, tag_indptr, tag_values), self.num_songs,
-                                          TOP_TAGS)
+                                          num_tags)
         self.tag_given_feature = conditional(*pair_up(feature_indptr, features, tag_indptr, tag_values),
-                                             self.num_features, TOP_TAGS)
+                                             self.num_features, num_tags)
         self.song_given_feature = conditional(*pair_up(feature_indptr, features, song_indptr, songs),
-                                              self.num_features, min(self.num_songs, TABLE_ENTRIES // self.num_features))
+                                              self.num_features, self.num_songs)
 
     def tag_csr(self, tag_lists):
         """(indptr, tag indices) of the known tags of each list."""

@@ -144,3 +144,17 @@ def test_fold_in_moves_top_songs_toward_the_songs_neighbours():
     assert (cluster[top(after)] == 2).all() and (cluster[top(before)] == 2).sum() < 10
     assert all(p.requires_grad for p in model.parameters())  # the model itself is left trainable
     assert np.allclose(model.item_gmf.weight.detach().numpy(), after.item_gmf.weight.detach().numpy())
+
+
+def test_a_large_table_keeps_each_rows_most_probable_entries(monkeypatch):
+    left, right = torch.tensor([0, 0, 0, 1, 1]), torch.tensor([0, 1, 1, 2, 2])  # P(1|0) 2/3, P(0|0) 1/3, P(2|1) 1
+    dense = continuation.conditional(left, right, 2, 3)
+    assert torch.allclose(dense, torch.tensor([[1 / 3, 2 / 3, 0], [0, 0, 1]]))
+    monkeypatch.setattr(continuation, "TABLE_ENTRIES", 2)
+    monkeypatch.setattr(continuation, "TOP_TAGS", 1)
+    top = continuation.conditional(left, right, 2, 3)
+    assert top[0].tolist() == [[1], [2]]
+    indptr, keys = torch.tensor([0, 1, 3]), torch.tensor([0, 0, 1])
+    assert torch.allclose(continuation.spread(indptr, keys, top, 3), torch.tensor([[0, 2 / 3, 0], [0, 1 / 3, 1 / 2]]))
+    assert torch.allclose(continuation.spread(indptr, keys, dense, 3),
+                          torch.tensor([[1 / 3, 2 / 3, 0], [1 / 6, 1 / 3, 1 / 2]]))
