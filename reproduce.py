@@ -103,12 +103,12 @@ ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULT
     "arena-sample-itemknn": arena("sample", "evaluate.py --baseline itemknn {arena} {questions}",
                                   "0.2233 / 0.6003 / 0.2799"),
     "arena-sample-foldin": Experiment(
-        "main.py --data_dir data --dataset sample_noq", readme="",
+        "main.py --data_dir data --dataset sample_noq", readme="0.2112 / 0.5983 / 0.2693",
         then="evaluate.py --checkpoint {save_dir}/best.pt --continue data/sample_arena.questions.json "
              "--answers data/sample_arena.answers.json --out {save_dir}/arena_results.json"),
-    "arena-melon-neumf": arena("melon", "main.py {arena}", "",
+    "arena-melon-neumf": arena("melon", "main.py {arena}", "0.1158 / 0.5908 / 0.1871",
                                then="bench.py --continuation {save_dir}/best.pt --json {save_dir}/bench.json"),
-    "arena-melon-pop": arena("melon", "evaluate.py --baseline pop {arena} {questions}"),
+    "arena-melon-pop": arena("melon", "evaluate.py --baseline pop {arena} {questions}", "0.0141 / 0.2480 / 0.0492"),
     "arena-melon-itemknn": arena("melon", "evaluate.py --baseline itemknn {arena} {questions}"),
 }
 
