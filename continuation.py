@@ -4,9 +4,10 @@ songs and 10 tags not already in it; results.json, its validity and its Arena sc
 
 Songs. A playlist the model was trained on uses its own embeddings; one it has never seen but with songs it knows
 is folded in (user vectors fitted to those songs with the item side frozen, all such playlists at once); one with no
-known song gets the songs its tags and title words co-occur with in the training playlists, then the most popular.
-Tags: each playlist's tag, title-word, visible-song and recommended-song co-occurrence with the training playlists'
-tags (TAG_METHODS; measured in RESULTS.md), the most popular tags last.
+known song gets the songs its tags and title words co-occur with in the training playlists, then the most popular;
+where a playlist has both, the two are blended (FEATURE_WEIGHT). Tags: by the co-occurrence of the playlist's title
+words and tags (the default), visible songs or recommended songs with the training playlists' tags (TAG_METHODS;
+measured in RESULTS.md), the most popular tags last.
 """
 import copy
 import itertools
