@@ -312,8 +312,12 @@ def print_playlists(model, data, data_dir, args, k):
     results, top, scores, unknown = answering.answer(playlists, k_songs=k, k_tags=continuation.ARENA_TAGS)
     catalog = item_names(data.meta, top.reshape(-1).tolist())
     users = set(data.meta.get("user_ids", ()))
-    for playlist, songs, song_scores, result in zip(playlists, top.tolist(), scores.tolist(), results):
-        how = "trained on" if playlist["id"] in users else "new: folded in"
+    indptr, _, _ = answering.known_songs(playlists)
+    for playlist, songs, song_scores, result, known in zip(playlists, top.tolist(), scores.tolist(), results,
+                                                            (indptr[1:] - indptr[:-1]).tolist()):
+        how = ("trained on" if playlist["id"] in users and args.baseline is None
+               else "new: folded in" if known and args.baseline is None
+               else f"{args.baseline} on its songs" if known else "no known song: by its tags and title")
         title = f' "{playlist["plylst_title"]}"' if playlist["plylst_title"] else ""
         print(f"playlist {playlist['id']}{title} ({how}; {len(playlist['songs'])} songs, "
               f"{len(playlist['tags'])} tags): top {k} songs not already in it:")
