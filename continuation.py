@@ -179,14 +179,16 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
     """A model for playlists the model has never seen, row r of the CSR (indptr, songs) being playlist r: its user
     tables are fitted to each playlist's songs against `num_neg` random songs a song (redrawn every step, seeded),
     all playlists at once, by Adam on the model's own loss, from the trained users' mean; the item side and layers
-    are frozen (shared with `model`)."""
+    are frozen (shared with `model`). On the model's device."""
+    device = next(model.parameters()).device
+    indptr, songs = indptr.to(device), songs.to(device)
     names = [name for name, _ in model.named_children() if name.startswith("user_")]
     tables = {name: nn.Parameter(getattr(model, name).weight.detach().mean(0).repeat(len(indptr) - 1, 1))
               for name in names}
     folded = with_user_tables(model, tables)
     rows = row_ids(indptr)
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.zeros(len(songs), 1 + num_neg)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    labels = torch.zeros(len(songs), 1 + num_neg, device=device)
     labels[:, 0] = 1
     optimizer = torch.optim.Adam(tables.values(), lr=lr)
     frozen = [p for p in model.parameters() if p.requires_grad]
@@ -195,7 +197,7 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
     try:
         score = folded.candidate_scorer()
         for _ in range(steps):
-            negatives = torch.randint(num_items, (len(songs), num_neg), generator=generator)
+            negatives = torch.randint(num_items, (len(songs), num_neg), generator=generator, device=device)
             loss = F.binary_cross_entropy_with_logits(score(rows, torch.cat([songs[:, None], negatives], 1)), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -311,8 +313,10 @@ class Continuation:
 
 
 def model_songs(model, num_items, fold_in_all=False, timings=None):
-    """A song_source for a trained model: users score with their own embeddings; the other playlists (every one
-    with fold_in_all) are folded in first, all at once."""
+    """A song_source for a trained model (on any device; the scores come back to the CPU): users score with their
+    own embeddings; the other playlists (every one with fold_in_all) are folded in first, all at once."""
+    device = next(model.parameters()).device
+
     def song_source(users, indptr, songs):
         new = (users < 0) | fold_in_all
         rows = new.nonzero().squeeze(1)
@@ -330,9 +334,9 @@ def model_songs(model, num_items, fold_in_all=False, timings=None):
             out = torch.empty(len(positions), num_items)
             own = ~new[positions]
             if own.any():
-                out[own] = trained(users[positions[own]]).float()
+                out[own] = trained(users[positions[own]].to(device)).float().cpu()
             if (~own).any():
-                out[~own] = folded_score(folded_row[positions[~own]]).float()
+                out[~own] = folded_score(folded_row[positions[~own]].to(device)).float().cpu()
             return out
 
         return scores_for

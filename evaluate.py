@@ -276,7 +276,8 @@ def continuation_for(model, data, data_dir, args, timings=None):
         # most popular is the Arena's own baseline: popular songs and tags for every playlist, whatever it holds
         popular = args.baseline == "pop"
         return continuation.Continuation(data, vocabulary, lambda users, indptr, songs: (
-            lambda rows: fitted.history_scores(*baselines.csr_rows(indptr, songs, rows)).float()),
+            lambda rows: fitted.history_scores(*(t.to(data.device) for t in baselines.csr_rows(indptr, songs, rows)))
+            .float().cpu()),
             "popular" if popular else args.tag_method, fallback=not popular, feature_weight=0 if popular else
             args.feature_weight)
     songs = continuation.model_songs(model, data.num_items, args.fold_in == "all", timings)
