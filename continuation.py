@@ -31,7 +31,7 @@ TAG_METHOD = "title"
 RECOMMENDED_FOR_TAGS = 20  # top recommended songs whose tags count
 TABLE_ENTRIES = 1 << 25  # a co-occurrence table larger than this keeps only each row's most probable entries
 TOP_TAGS = 50  # the fewest entries a row keeps
-FEATURE_WEIGHT = 0.4  # songs of a playlist with known songs: z(song scores) + FEATURE_WEIGHT x z(P(song | features))
+FEATURE_WEIGHT = 0.0  # songs of a playlist with known songs: z(song scores) + FEATURE_WEIGHT x z(P(song | features))
 FOLD_IN = {"steps": 20, "lr": 0.05, "num_neg": 4, "seed": 0}  # chosen on a second Arena split of the sample (seed 1)
 CHUNK_ROWS = 1024  # playlists answered together: [CHUNK_ROWS, songs] float scores
 
