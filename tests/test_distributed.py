@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 import dataloader
 import distributed
 import main
-from conftest import REPO, run_script, write_split
+from conftest import REPO, run_script, wandb_offline_env, write_split
 
 # 16,800 samples an epoch (2,800 positives, 5 negatives each) in global batches of 157: the last batch of every
 # epoch has one sample, so on two ranks rank 1's shard of it is empty
@@ -57,10 +58,24 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(data_dir, tmp_path_factory):
-    """An uninterrupted 2-rank run, logged to wandb offline: (save_dir, its output)."""
-    save_dir = str(tmp_path_factory.mktemp("two_ranks"))
-    out = finish(start([*TORCHRUN, "main.py", "--data_dir", data_dir, *FLAGS, "--wandb", "offline",
-                        "--save_dir", save_dir]))
+    """An uninterrupted 2-rank run started by main.py's own launcher (distributed.spawn, which --gpu 2,3 uses
+    without torchrun; torchrun's: test_torchrun_restart_resumes_from_last_pt), logged to wandb offline:
+    (save_dir, what its ranks printed)."""
+    save_dir = str(tmp_path_factory.mktemp("two_ranks") / "run")
+    with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryFile("w+") as printed:
+        wandb_offline_env(mp, tmp_path_factory.mktemp("wandb-home"))
+        sys.stdout.flush()
+        stdout = os.dup(1)
+        os.dup2(printed.fileno(), 1)  # the ranks' standard output (file descriptor 1, which they inherit)
+        try:
+            status = distributed.spawn(main.main, ["--data_dir", data_dir, *FLAGS, "--wandb", "offline",
+                                                   "--save_dir", save_dir], 2)
+        finally:
+            os.dup2(stdout, 1)
+            os.close(stdout)
+        printed.seek(0)
+        out = printed.read()
+    assert status == 0, out
     return save_dir, out
 
 
@@ -97,17 +112,6 @@ def test_two_ranks_match_one_rank_even_with_an_empty_shard(data_dir, two_ranks, 
     written = {os.path.relpath(p, save_dir) for p in glob.glob(os.path.join(save_dir, "**"), recursive=True)}
     assert {"results.json", "best.pt", "last.pt"} <= written
     assert len(glob.glob(os.path.join(save_dir, "wandb", "offline-run-*"))) == 1
-
-
-def test_spawn_runs_the_same_two_ranks(data_dir, two_ranks, tmp_path):
-    """main.py's own launcher (used for --gpu 2,3 without torchrun) on CPU ranks: the same run as torchrun's, to
-    the last bit (a two-rank run repeats exactly)."""
-    save_dir = str(tmp_path / "spawned")
-    status = distributed.spawn(main.main, ["--data_dir", data_dir, *FLAGS, "--wandb", "disabled",
-                                           "--save_dir", save_dir], 2)
-    assert status == 0
-    assert [(r["loss"], r["hr"], r["ndcg"]) for r in results(save_dir)["history"]] == \
-        [(r["loss"], r["hr"], r["ndcg"]) for r in results(two_ranks[0])["history"]]
 
 
 EXITS = [  # what a rank's main does; its exit status, standard output and error
@@ -185,7 +189,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data_dir, whole, tmp_p
 
 def test_torchrun_restart_resumes_from_last_pt(data_dir, two_ranks, tmp_path):
     """The restarted workers continue in the run's own directory: the default one the first attempt made
-    (runs/DATASET/TIMESTAMP, found again through torchrun's store), which holds its last.pt and lock."""
+    (runs/DATASET/TIMESTAMP, found again through torchrun's store), which holds its last.pt and lock; and reach
+    exactly the uninterrupted two-rank run of main.py's own launcher (so torchrun's ranks and spawn's are one run,
+    to the last bit)."""
     process = start([*TORCHRUN, "--max_restarts", "1", os.path.join(REPO, "main.py"), "--data_dir", data_dir,
                      *FLAGS, "--wandb", "disabled"], cwd=tmp_path)
     wait_for_epoch(str(tmp_path / "runs" / "tiny" / "latest" / "last.pt"), 1, process)
@@ -195,7 +201,8 @@ def test_torchrun_restart_resumes_from_last_pt(data_dir, two_ranks, tmp_path):
     assert "restarted: resuming" in out
     assert len(os.listdir(tmp_path / "runs" / "tiny")) == 2  # one run directory and latest
     save_dir = os.path.realpath(tmp_path / "runs" / "tiny" / "latest")
-    assert metrics(save_dir) == metrics(two_ranks[0])
+    assert [(r["loss"], r["hr"], r["ndcg"]) for r in results(save_dir)["history"]] == \
+        [(r["loss"], r["hr"], r["ndcg"]) for r in results(two_ranks[0])["history"]]
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):

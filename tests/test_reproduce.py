@@ -20,7 +20,7 @@ TINY_RUN = ["--data_dir", None, *TINY, "--threads", "1", "--epochs", "1", "--pre
 
 
 def test_list_names_every_experiment_with_its_figures_and_where_they_are():
-    listed = subprocess.run([sys.executable, "reproduce.py", "--list"], cwd=REPO, capture_output=True, text=True)
+    listed = run_script("reproduce.py", "--list")
     assert listed.returncode == 0
     names = re.findall(r"^(\S+)$", listed.stdout, re.M)
     assert names == list(reproduce.EXPERIMENTS)

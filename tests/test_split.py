@@ -337,7 +337,7 @@ def test_cli_ok(tmp_path):
 
 def test_error_missing_file(tmp_path):
     missing = tmp_path / "nope.dat"
-    assert_error(run_split("--input", missing, "--out_dir", tmp_path / "out", process=True), tmp_path / "out", missing)
+    assert_error(run_split("--input", missing, "--out_dir", tmp_path / "out"), tmp_path / "out", missing)
     path = write_melon(tmp_path / "m", {1: [1, 2]}, {1: "20000101"})
     os.remove(tmp_path / "m" / "song_meta.json")
     assert_error(run_split("--input", path, "--out_dir", tmp_path / "out"), tmp_path / "out", "song_meta.json")
