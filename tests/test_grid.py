@@ -2,7 +2,6 @@ import csv
 import itertools
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -17,13 +16,9 @@ COLUMNS = "| HR@10 | NDCG@10 | Num of Neg | Num Factor | Num Layer |"
 PASSED = ["--batch_size", "512", "--no-exclude_test_neg"]  # main.py flags grid.py passes through to every cell
 
 
-def run(command, *args, check=True, process=False):
-    """`python3 COMMAND ARGS` in this process, or in a process of its own with `process`."""
-    if process:
-        result = subprocess.run([sys.executable, command, *args], cwd=REPO, capture_output=True, text=True,
-                                env=dict(os.environ, WANDB_MODE="disabled"))
-    else:
-        result = run_script(command, *args, env={"WANDB_MODE": "disabled"})
+def run(command, *args, check=True):
+    """`python3 COMMAND ARGS`, run in this process."""
+    result = run_script(command, *args, env={"WANDB_MODE": "disabled"})
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -49,13 +44,12 @@ def cell_lines(stdout):
 
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
-    """The whole grid in quick mode on a tiny split, grid.py in a process of its own as a user runs it:
-    (grid.py's arguments, OUT_DIR, its stdout)."""
+    """The whole grid in quick mode on a tiny split: (grid.py's arguments, OUT_DIR, its stdout)."""
     tmp = tmp_path_factory.mktemp("grid")
     data_dir, name = write_split(tmp, users=60, items=80, clusters=4)
     args = ["--data_dir", data_dir, "--dataset", name, "--quick", "--gpu", "cpu", "--out_dir", str(tmp / "out"),
             *PASSED]
-    return args, str(tmp / "out"), run("grid.py", *args, process=True).stdout
+    return args, str(tmp / "out"), run("grid.py", *args).stdout
 
 
 def test_sweep_yaml_is_the_seed_grid_over_main_flags():

@@ -93,8 +93,9 @@ def test_bad_flags_give_one_line_and_status_2(shared_split, tmp_path, monkeypatc
 
 def test_missing_split_and_corrupt_checkpoint(shared_split, tmp_path):
     data_dir, _ = shared_split
-    result = run_main("--data_dir", data_dir, "--dataset", "nope", "--gpu", "cpu", "--wandb", "disabled", check=False)
-    assert result.returncode == 2 and "nope.train.rating" in result.stderr  # in a process of its own: no traceback
+    result = main_in_process("--data_dir", data_dir, "--dataset", "nope", "--gpu", "cpu", "--wandb", "disabled",
+                             check=False)
+    assert result.returncode == 2 and "nope.train.rating" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     corrupt = tmp_path / "last.pt"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a checkpoint")

@@ -1,6 +1,5 @@
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -11,7 +10,7 @@ import evaluate as evaluate_cli
 import grid
 import main
 import reproduce
-from conftest import REPO, TINY, results, run_script
+from conftest import TINY, results, run_script
 from evaluate import evaluate
 from model import NCF, load_pretrained
 from utils import run_cli
