@@ -86,16 +86,17 @@ def run_script(script, *args, cwd=None, env=None):
         if cwd is not None:
             mp.chdir(cwd)
         for name, value in (env or {}).items():
-            mp.setenv(name, value) if value is not None else mp.delenv(name, raising=False)
+            if value is None:
+                mp.delenv(name, raising=False)
+            else:
+                mp.setenv(name, value)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            from utils import run_cli
+            from utils import exit_status, run_cli
             try:
                 run_cli(entry)
                 status = 0
             except SystemExit as e:
-                if isinstance(e.code, str):
-                    print(e.code, file=sys.stderr)
-                status = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                status = exit_status(e)
     return subprocess.CompletedProcess([script, *args], status, out.getvalue(), err.getvalue())
 
 
