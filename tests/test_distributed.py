@@ -120,16 +120,17 @@ EXITS = [  # what a rank's main does; its exit status, standard output and error
     ("raise utils.InputError('bad.json: line 3')", 2, "", "error: bad.json: line 3\n"),
     ("raise RuntimeError('boom')", 1, "", "RuntimeError: boom"),
 ]
+IN_PROCESSES = (EXITS[0][0], EXITS[3][0])  # run as real ranks; the others in this process, os._exit stubbed
 
 
 @pytest.fixture(scope="module")
 def rank_exits():
-    """Each EXITS body as the main of a rank (RANK 0 of WORLD_SIZE 1) run through run_process, the processes all
-    started at once: {body: (exit status, stdout, stderr)}."""
+    """The IN_PROCESSES bodies as the main of a rank (RANK 0 of WORLD_SIZE 1) run through run_process, the
+    processes started at once: {body: (exit status, stdout, stderr)}."""
     processes = {body: subprocess.Popen(
         [sys.executable, "-c", f"import sys, distributed, utils\ndef main():\n    {body}\ndistributed.run_process(main)"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, RANK="0", WORLD_SIZE="1")) for body, *_ in EXITS}
+        env=dict(os.environ, RANK="0", WORLD_SIZE="1")) for body in IN_PROCESSES}
     finished = {}
     for body, process in processes.items():
         out, err = process.communicate(timeout=120)
@@ -137,10 +138,35 @@ def rank_exits():
     return finished
 
 
+class Exited(Exception):
+    pass
+
+
+def exit_in_process(body, monkeypatch, capsys):
+    """(exit status, stdout, stderr) of run_process on `body` in this process, with os._exit (and the process's
+    exit handlers) stubbed out."""
+    import utils
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(distributed.multiprocessing.util, "_exit_function", lambda: None)
+
+    def exit_(status):
+        raise Exited(status)
+
+    monkeypatch.setattr(distributed.os, "_exit", exit_)
+    namespace = {"sys": sys, "utils": utils}
+    exec(f"def main():\n    {body}", namespace)
+    capsys.readouterr()
+    with pytest.raises(Exited) as exited:
+        distributed.run_process(namespace["main"])
+    out, err = capsys.readouterr()
+    return exited.value.args[0], out, err
+
+
 @pytest.mark.parametrize("body, status, stdout, stderr", EXITS)
-def test_a_rank_exits_with_its_status_and_output(rank_exits, body, status, stdout, stderr):
+def test_a_rank_exits_with_its_status_and_output(rank_exits, monkeypatch, capsys, body, status, stdout, stderr):
     """run_process ends a rank with os._exit: the exit status, the output and the one-line errors must survive."""
-    returncode, out, err = rank_exits[body]
+    returncode, out, err = rank_exits[body] if body in IN_PROCESSES else exit_in_process(body, monkeypatch, capsys)
     assert (returncode, out) == (status, stdout)
     assert err == stderr if status != 1 else stderr in err and "Traceback" in err
 
