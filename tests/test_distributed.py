@@ -171,7 +171,8 @@ def test_a_rank_exits_with_its_status_and_output(rank_exits, monkeypatch, capsys
     assert err == stderr if status != 1 else stderr in err and "Traceback" in err
 
 
-SMALL_BATCHES = ["main.py", *FLAGS, "--batch_size", "4", "--epochs", "2", "--wandb", "disabled"]  # long epochs
+# long epochs (3,500 steps of 4 samples), so that a signal sent early in epoch 2 finds the run inside it
+SMALL_BATCHES = ["main.py", *FLAGS, "--batch_size", "4", "--num_neg", "4", "--epochs", "2", "--wandb", "disabled"]
 
 
 @pytest.fixture(scope="module")
