@@ -7,6 +7,8 @@ sampled and full-ranking evaluation time, and peak memory. By default on a Melon
     python3 bench.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m --per_sample_steps 1000   # and a
                                                             # per-sample DataLoader pipeline for comparison
     python3 bench.py --gpu 0 --amp --batch_size 1048576 --json bench.json
+    python3 bench.py --continuation runs/melon_arena/best.pt    # playlist continuation with a trained checkpoint:
+                                        # evaluate.py --continue's wall time and peak memory, --playlist's latency
     python3 bench.py --data_dir DIR --dataset NAME --startup 5   # and main.py's start-up overhead, best of 5
 
 Every main.py flag (--gpu, --batch_size, --latent_dim_mf, --num_layers, --num_neg, --sparse, --threads, --amp,
@@ -30,7 +32,7 @@ from evaluate import full_ranks, sampled_ranks
 from model import build_model
 from optim import make_step, uses_sparse_updates
 from training import Position, epoch_size, train_epoch
-from utils import Parser, atomic_open, run_cli
+from utils import InputError, Parser, atomic_open, run_cli
 
 
 def peak_rss_gib():
@@ -82,6 +84,54 @@ def per_sample_pipeline(data, args, steps):
     return done / (time.perf_counter() - started)
 
 
+def continuation_figures(checkpoint_path, questions, threads):
+    """Playlist continuation with a trained checkpoint on its split's Arena questions (or `questions`):
+    evaluate.py --continue as a child process (wall time, peak resident memory, its own timings line, the score
+    with the split's answers), and in this process the time to answer one playlist, known and new, once loaded."""
+    import continuation
+    from evaluate import continuation_for, model_from_checkpoint
+    from runs import load_checkpoint
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = checkpoint["config"]
+    data = dataloader.load(config["data_dir"], config["dataset"])
+    arena = data.meta.get("arena", {})
+    questions = questions or arena.get("questions")
+    if questions is None:
+        raise InputError(f"--continuation: split {config['dataset']!r} has no Arena questions: give --questions")
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "evaluate.py", "--checkpoint", checkpoint_path, "--gpu", "cpu", "--continue",
+                   questions, "--out", os.path.join(tmp, "results.json")]
+        if questions == arena.get("questions"):
+            command += ["--answers", arena["answers"]]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                              env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        figures["continue_wall_seconds"] = time.perf_counter() - started
+        if done.returncode:
+            raise InputError(f"evaluate.py --continue failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    figures["continue_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+    lines = done.stdout.strip().splitlines()
+    print("\n".join(lines[-2:]))
+
+    torch.set_num_threads(threads)
+    model = model_from_checkpoint(checkpoint, data)
+    model.eval()
+    args = type("Args", (), {"baseline": None, "fold_in": "unseen", "tag_method": continuation.TAG_METHOD,
+                             "feature_weight": continuation.FEATURE_WEIGHT})
+    answering = continuation_for(model, data, config["data_dir"], args)
+    playlists = continuation.read_questions(questions)
+    asked = next(p for p in playlists if p["songs"])
+    known = {"id": data.meta["user_ids"][0], "songs": [], "tags": [], "plylst_title": ""}
+    new = dict(asked, id=-1)
+    answering.answer([dict(asked, id=-2)], k_songs=10)  # the first answer also initialises torch's kernels
+    for name, playlist in (("playlist_known_seconds", known), ("playlist_new_seconds", new)):
+        started = time.perf_counter()
+        answering.answer([playlist], k_songs=10)
+        figures[name] = time.perf_counter() - started
+    return {"questions": len(playlists), "songs": data.num_items, "playlists": data.num_users}, figures
+
+
 def startup_seconds(main_argv, runs):
     """main.py's start-up overhead: the wall time of `python3 main.py MAIN_ARGV --epochs 1` minus the training and
     evaluation seconds its results.json records, minus the wall time of `python3 -c "import torch"`, each the
@@ -114,6 +164,10 @@ def parse_flags():
                         help="users to time full-ranking evaluation on (the total is extrapolated)")
     parser.add_argument("--per_sample_steps", type=int, default=0,
                         help="also time this many batches of a per-sample DataLoader pipeline, for comparison")
+    parser.add_argument("--continuation", metavar="CHECKPOINT",
+                        help="instead: time playlist continuation with this checkpoint (evaluate.py --continue on "
+                             "its split's Arena questions, --playlist for one playlist)")
+    parser.add_argument("--questions", help="with --continuation: this question file instead of the split's")
     parser.add_argument("--startup", type=int, default=0,
                         help="also measure main.py's start-up overhead (the process minus its training, evaluation "
                              "and `import torch`), the best of this many runs of --epochs 1")
@@ -130,8 +184,24 @@ def parse_flags():
     return own, rest
 
 
+def report_continuation(own, rest):
+    """bench.py --continuation: print (and with --json write) continuation_figures."""
+    threads = main.parse_args(rest).threads
+    setup, figures = continuation_figures(own.continuation, own.questions, threads)
+    print(f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, {threads} thread(s); "
+          + ", ".join(f"{k} {v:,}" for k, v in setup.items()))
+    for name, value in figures.items():
+        print(f"  {name:<24}  {value:>10,.2f}")
+    if own.json:
+        with atomic_open(own.json) as f:
+            json.dump({"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__},
+                       "threads": threads, "data": setup, "figures": figures}, f, indent=1)
+
+
 def bench():
     own, rest = parse_flags()
+    if own.continuation:
+        return report_continuation(own, rest)
     defaults = ["--data_dir", "data/bench", "--dataset", "melon_syn", "--wandb", "disabled"]
     args = main.parse_args(defaults + rest)
     ctx = distributed.setup(args.gpu)  # one process: bench.py is not started by torchrun

@@ -133,8 +133,11 @@ def csr_by_user(users, items, num_users):
 
 
 def load(data_dir, name, device="cpu", exclude_test_negatives=True):
-    """Load a split onto `device`. Training negatives avoid every positive of the user (train, val and test
-    items) and, when `exclude_test_negatives` (the seed's behaviour), the user's evaluation negatives too."""
+    """Load a split onto `device`. Training negatives avoid the user's training items and, when
+    `exclude_test_negatives` (the seed's behaviour), the user's held-out items and evaluation candidates too
+    (test and validation). Without it (the NCF paper's protocol) they avoid the training items only, as the paper's
+    code does, so a held-out item can be drawn as a training negative. A validation item is treated as the test item
+    is: validation stands in for the test when choosing the epoch, so both are scored under the same protocol."""
     train_users, train_items = read_ratings(os.path.join(data_dir, f"{name}.train.rating"))
     if len(train_users) == 0:
         raise InputError(f"{os.path.join(data_dir, name)}.train.rating: no training pairs")
@@ -159,11 +162,10 @@ def load(data_dir, name, device="cpu", exclude_test_negatives=True):
     train_users, train_items = train_users[order], train_items[order]
     seen_indptr, seen_items = csr_by_user(np.concatenate([train_users, val_users]),
                                           np.concatenate([train_items, val_items[:, 0]]), num_users)
-    avoid_users = [train_users, test_users, val_users]
-    avoid_items = [train_items, test_items[:, 0], val_items[:, 0]]
+    avoid_users, avoid_items = [train_users], [train_items]
     if exclude_test_negatives:
-        avoid_users += [np.repeat(test_users, test_items.shape[1] - 1), np.repeat(val_users, val_items.shape[1] - 1)]
-        avoid_items += [test_items[:, 1:].ravel(), val_items[:, 1:].ravel()]
+        avoid_users += [np.repeat(test_users, test_items.shape[1]), np.repeat(val_users, val_items.shape[1])]
+        avoid_items += [test_items.ravel(), val_items.ravel()]
     forbidden = np.sort(np.concatenate(avoid_users) * num_items + np.concatenate(avoid_items))
     forbidden = forbidden[np.append(True, forbidden[1:] != forbidden[:-1])]  # np.unique is far slower here
     per_user = np.bincount(forbidden // num_items, minlength=num_users)

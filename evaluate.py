@@ -3,6 +3,9 @@
     python3 evaluate.py --checkpoint runs/NAME/best.pt [--eval full] [--split val]
     python3 evaluate.py --checkpoint runs/NAME/best.pt --recommend PLAYLIST_ID [--k 10]
     python3 evaluate.py --checkpoint runs/NAME/best.pt --similar SONG_ID [--k 10]
+    python3 evaluate.py --checkpoint runs/NAME/best.pt --continue QUESTIONS.json --out results.json \
+        [--answers ANSWERS.json]                  # the Kakao Arena task: 100 songs, 10 tags a question
+    python3 evaluate.py --checkpoint runs/NAME/best.pt --playlist PLAYLISTS.json [--k 10]   # known or new
 
 The functions take a model in memory: score, evaluate / evaluate_full (HR@K, NDCG@K in batches), recommend (the top-K
 items a user has no interaction with), similar_items (nearest items in the learned embeddings), item_names
@@ -10,14 +13,16 @@ items a user has no interaction with), similar_items (nearest items in the learn
 """
 import os
 import sys
+import time
 import unicodedata
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+import continuation
 import dataloader
-from metrics import full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
+from metrics import arena_line, arena_score, full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
 from model import build_model
 from runs import load_checkpoint, split_changes
 from utils import MISSING, InputError, Parser, read_json, resolve_device, run_cli
@@ -261,6 +266,68 @@ def print_similar(model, data, song_id, k):
     print(item_table(catalog, top.tolist(), similarity.tolist(), "cosine"))
 
 
+def continuation_for(model, data, data_dir, args, timings=None):
+    """The Continuation of --continue / --playlist: the model's songs (or a --baseline's), --tag_method's tags;
+    the split's tags and titles from DATA_DIR/NAME.tags.json."""
+    vocabulary = continuation.Vocabulary(data, os.path.join(data_dir, f"{data.name}.tags.json"))
+    if args.baseline is not None:
+        import baselines
+        fitted = baselines.fit(args.baseline, data)
+        # most popular is the Arena's own baseline: popular songs and tags for every playlist, whatever it holds
+        popular = args.baseline == "pop"
+        return continuation.Continuation(data, vocabulary, lambda users, indptr, songs: (
+            lambda rows: fitted.history_scores(*(t.to(data.device) for t in baselines.csr_rows(indptr, songs, rows)))
+            .float().cpu()),
+            "popular" if popular else args.tag_method, fallback=not popular, feature_weight=0 if popular else
+            args.feature_weight)
+    songs = continuation.model_songs(model, data.num_items, args.fold_in == "all", timings)
+    return continuation.Continuation(data, vocabulary, songs, args.tag_method, feature_weight=args.feature_weight)
+
+
+def continue_questions(model, data, data_dir, args):
+    """--continue: results.json for every question (and its Arena score with --answers, printed last)."""
+    questions = continuation.read_questions(args.continue_)
+    answers = continuation.read_questions(args.answers) if args.answers else None
+    if answers is not None and {a["id"] for a in answers} != {q["id"] for q in questions}:
+        raise InputError(f"--answers {args.answers}: its playlist ids are not those of {args.continue_}")
+    started, timings = time.perf_counter(), {}
+    results, unknown = continuation.continue_questions(continuation_for(model, data, data_dir, args, timings), questions,
+                                                       timings)
+    seconds = time.perf_counter() - started
+    if unknown:
+        print(f"note: {unknown:,} songs of the questions are unknown to the model (not in split {data.name!r}): "
+              f"skipped")
+    continuation.write_results(args.out, results)
+    folded = (f"{timings['folded_in']:,} folded in ({timings['fold_in_seconds']:.1f}s), "
+              if timings.get("folded_in") else "")
+    print(f"wrote {args.out}: {len(results):,} playlists, 100 songs and 10 tags each, in {seconds:.1f}s "
+          f"({folded}songs {timings.get('songs_seconds', 0):.1f}s, tags {timings.get('tags_seconds', 0):.1f}s)")
+    if answers is not None:
+        print(arena_line(*arena_score(results, answers, args.out)))
+
+
+def print_playlists(model, data, data_dir, args, k):
+    """--playlist: each playlist's top-k songs with names and its 10 tags."""
+    playlists = continuation.read_questions(args.playlist)
+    answering = continuation_for(model, data, data_dir, args)
+    results, top, scores, unknown = answering.answer(playlists, k_songs=k, k_tags=continuation.ARENA_TAGS)
+    catalog = item_names(data.meta, top.reshape(-1).tolist())
+    users = set(data.meta.get("user_ids", ()))
+    indptr, _, _ = answering.known_songs(playlists)
+    for playlist, songs, song_scores, result, known in zip(playlists, top.tolist(), scores.tolist(), results,
+                                                            (indptr[1:] - indptr[:-1]).tolist()):
+        how = ("trained on" if playlist["id"] in users and args.baseline is None
+               else "new: folded in" if known and args.baseline is None
+               else f"{args.baseline} on its songs" if known else "no known song: by its tags and title")
+        title = f' "{playlist["plylst_title"]}"' if playlist["plylst_title"] else ""
+        print(f"playlist {playlist['id']}{title} ({how}; {len(playlist['songs'])} songs, "
+              f"{len(playlist['tags'])} tags): top {k} songs not already in it:")
+        print(item_table(catalog, songs, song_scores))
+        print(f"tags: {', '.join(result['tags'])}\n")
+    if unknown:
+        print(f"note: {unknown:,} songs of the playlists are unknown to the model: skipped")
+
+
 def model_from_checkpoint(checkpoint, data):
     config = checkpoint["config"]
     model = build_model(data.num_users, data.num_items, config["latent_dim_mf"], config["num_layers"], config["model"])
@@ -273,7 +340,7 @@ def model_from_checkpoint(checkpoint, data):
 
 def main():
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by main.py")
+    parser.add_argument("--checkpoint", help="best.pt or last.pt written by main.py")
     parser.add_argument("--eval", choices=["sampled", "full"], default="sampled",
                         help="sampled: held-out item among its 99 negatives; full: among all unseen items")
     parser.add_argument("--split", choices=["test", "val"], default="test", help="which held-out items to score")
@@ -285,8 +352,39 @@ def main():
                       help="list the K best songs not already in this playlist (its original id)")
     task.add_argument("--similar", metavar="SONG_ID",
                       help="list the K songs nearest to this song (its original id) in the learned item embeddings")
+    task.add_argument("--continue", dest="continue_", metavar="QUESTIONS_JSON",
+                      help="the Kakao Arena task: 100 songs and 10 tags for every playlist of this question file "
+                           "(Arena format), written to --out")
+    task.add_argument("--playlist", metavar="PLAYLISTS_JSON",
+                      help="list the K best songs and 10 tags for each playlist of this Arena-format file")
+    parser.add_argument("--out", help="--continue: the results.json to write")
+    parser.add_argument("--answers", help="--continue: the answers (Arena format) to score the results against")
+    parser.add_argument("--fold_in", choices=["unseen", "all"], default="unseen",
+                        help="--continue/--playlist: fold in the playlists the model was not trained on, or all")
+    parser.add_argument("--tag_method", choices=continuation.TAG_METHODS, default=continuation.TAG_METHOD,
+                        help="--continue/--playlist: what the tags come from")
+    parser.add_argument("--feature_weight", type=float, default=continuation.FEATURE_WEIGHT,
+                        help="--continue/--playlist: weight of the songs that a playlist's tags and title words "
+                             "co-occur with, added to its song scores (both standardised); 0: song scores alone")
+    parser.add_argument("--baseline", choices=["pop", "itemknn", "ease"], default=None,
+                        help="--continue/--playlist: songs from this non-neural baseline (baselines.py) fitted on "
+                             "the checkpoint's split instead of the model, or without --checkpoint on --dataset's")
+    parser.add_argument("--data_dir", default="data", help="--baseline without --checkpoint: the split's directory")
+    parser.add_argument("--dataset", help="--baseline without --checkpoint: the split's name")
     args = parser.parse_args()
+    if args.continue_ is not None and not args.out:
+        parser.error("--continue needs --out results.json")
+    for flag in ("out", "answers"):
+        if getattr(args, flag) and args.continue_ is None:
+            parser.error(f"--{flag} goes with --continue")
+    if args.checkpoint is None and not (args.baseline and args.dataset and (args.continue_ or args.playlist)):
+        parser.error("--checkpoint is required (or --baseline NAME --dataset NAME with --continue or --playlist)")
     device = resolve_device(args.gpu)
+    if args.checkpoint is None:
+        data = dataloader.load(args.data_dir, args.dataset, device)
+        if args.continue_ is not None:
+            return continue_questions(None, data, args.data_dir, args)
+        return print_playlists(None, data, args.data_dir, args, 10 if args.k is None else args.k)
     checkpoint = load_checkpoint(args.checkpoint, device)
     config = checkpoint["config"]
     k = config["topk"] if args.k is None else args.k
@@ -302,6 +400,10 @@ def main():
         return print_recommendations(model, data, args.recommend, k)
     if args.similar is not None:
         return print_similar(model, data, args.similar, k)
+    if args.continue_ is not None:
+        return continue_questions(model, data, config["data_dir"], args)
+    if args.playlist is not None:
+        return print_playlists(model, data, config["data_dir"], args, k)
     candidates = data.test if args.split == "test" else data.val
     if candidates is None:
         raise InputError(f"--split val: data set {data.name!r} has no validation split (split.py --val)")

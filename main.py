@@ -5,12 +5,14 @@
 
 Writes SAVE_DIR/results.json, best.pt and last.pt (SAVE_DIR: a new runs/DATASET/YYYYMMDD-HHMMSS for every run
 unless --save_dir is given; runs/DATASET/latest points to the newest), logs to Weights & Biases, and prints as its
-last line `best epoch N: HR@10 h NDCG@10 n`.
+last line `best epoch N: HR@10 h NDCG@10 n`. On a split with Arena answers (split.py --arena) the best checkpoint
+also continues the split's questions: its Arena score goes to results.json ("arena") and the wandb summary.
 
 Read top to bottom: the command line; main and run_stages (resume, the save directory, --pretrain's stages);
 train (data, model, position) and train_epochs, the epoch loop; Outputs, what rank 0 writes and logs.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -19,9 +21,11 @@ import time
 
 import torch
 
+import continuation
 import dataloader
 import distributed
 from evaluate import item_names, recommend, score
+from metrics import arena_line, arena_score
 from model import MODELS, build_model, load_pretrained, model_size
 from optim import OPTIMIZERS, make_step, uses_sparse_updates
 from runs import (RESUMABLE_FLAGS, SaveDir, check_split_unchanged, load_checkpoint, load_pretrained_checkpoints,
@@ -64,8 +68,9 @@ def build_parser():
     p.add_argument("--patience", type=int, default=0,
                    help="stop after this many epochs without a better NDCG (0: never stop early)")
     p.add_argument("--exclude_test_neg", action=argparse.BooleanOptionalAction, default=True,
-                   help="training negatives avoid the user's test negatives, as the seed did "
-                        "(--no-exclude_test_neg: the NCF paper's protocol)")
+                   help="training negatives avoid the user's held-out items and their evaluation negatives, as the "
+                        "seed did (--no-exclude_test_neg: the NCF paper's protocol: they avoid only the user's "
+                        "training items, so the held-out test and validation items can be drawn)")
     p.add_argument("--pretrain", action="store_true",
                    help="train GMF, then MLP, then NeuMF initialised from both (SAVE_DIR/gmf, SAVE_DIR/mlp, SAVE_DIR)")
     p.add_argument("--pretrain_gmf", default=None, help="GMF checkpoint to initialise NeuMF from")
@@ -433,12 +438,38 @@ class Outputs:
             self.save(os.path.join(self.args.save_dir, "best.pt"), position)
         self.save(os.path.join(self.args.save_dir, "last.pt"), position)
 
+    def arena(self, epoch):
+        """The best checkpoint's Arena score on the split's questions and answers (split.py --arena), or None:
+        {"song_ndcg", "tag_ndcg", "score", "seconds", "epoch"}, also printed."""
+        files = self.data.meta.get("arena")
+        if not files:
+            return None
+        started = time.perf_counter()
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(load_checkpoint(os.path.join(self.args.save_dir, "best.pt"))["model"])
+        model.eval()
+        vocabulary = continuation.Vocabulary(self.data, os.path.join(self.args.data_dir,
+                                                                     f"{self.args.dataset}.tags.json"))
+        answering = continuation.Continuation(self.data, vocabulary,
+                                              continuation.model_songs(model.cpu(), self.data.num_items))
+        results, _ = continuation.continue_questions(answering, continuation.read_questions(files["questions"]))
+        song, tag, total = arena_score(results, continuation.read_questions(files["answers"]), files["answers"])
+        print(f"Arena score of the best checkpoint (epoch {epoch}) on {files['questions']}: "
+              + arena_line(song, tag, total))
+        return {"song_ndcg": song, "tag_ndcg": tag, "score": total, "epoch": epoch,
+                "seconds": time.perf_counter() - started}
+
     def finish(self, position):
         """results.json and results.md from the history; the model artifact (--log_model); the wandb run closed."""
         args, best = self.args, position.best
         results = {"best_epoch": best["epoch"], "hr": best["hr"], "ndcg": best["ndcg"], "selection": self.selection,
                    "protocol": args.eval, "history": position.history, "config": vars(args),
                    "provenance": self.provenance}
+        arena = self.arena(best["epoch"])
+        if arena is not None:
+            results["arena"] = arena
+            if self.run is not None:
+                self.run.summary.update({f"arena/{key}": value for key, value in arena.items()})
         with atomic_open(os.path.join(args.save_dir, "results.json")) as f:
             json.dump(results, f, indent=1)
         write_results_md(os.path.join(args.save_dir, "results.md"), args, position.history, best, self.selection,

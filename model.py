@@ -54,14 +54,21 @@ class NCF(nn.Module):
         """A function (users [rows], items [rows, candidates] or None for every item) -> logits [rows, candidates],
         equal to forward on every (user, item) pair, for evaluation: the first MLP layer is linear in the
         concatenation [user, item], so it is applied to every item once here and to each user once per call,
-        instead of to every pair; the output layer is split the same way instead of concatenating its input."""
+        instead of to every pair; the output layer is split the same way instead of concatenating its input.
+        Every item (None) goes through every_item_scorer, without gradients."""
         gmf_width = self.user_gmf.embedding_dim if self.use_gmf else 0
         weight, bias = self.predict.weight[0], self.predict.bias
         if self.use_mlp:
             first, user_width = self.mlp[0], self.user_mlp.embedding_dim
             item_part = F.linear(self.item_mlp.weight, first.weight[:, user_width:])
+            every_item = self.every_item_scorer(item_part, weight[gmf_width:])
 
         def score(users, items=None):
+            if items is None and self.use_mlp:
+                logits = every_item(F.linear(self.user_mlp(users), first.weight[:, :user_width], first.bias))
+                if self.use_gmf:
+                    logits += (self.user_gmf(users) * weight[:gmf_width]) @ self.item_gmf.weight.t()
+                return logits.add_(bias)
             logits = bias
             if self.use_gmf:
                 user_gmf = self.user_gmf(users) * weight[:gmf_width]
@@ -73,6 +80,34 @@ class NCF(nn.Module):
             return logits
 
         return score
+
+    def every_item_scorer(self, item_part, output_weight, block_pairs=1 << 17):
+        """A function (user_part [rows, width]: the users' share of the first MLP layer, its bias included) -> the
+        MLP's share of the logits [rows, items] for every item. Features lie along the rows and pairs along the
+        columns ([width, users x items] blocks of `block_pairs` pairs): each layer is then one wide matrix product
+        (weight [out, in] @ hidden [in, pairs]), 2x faster on the CPU than pairs along the rows. No gradients."""
+        item_part_t = item_part.t().contiguous()  # [width, items]
+        layers = [(m.weight, m.bias[:, None]) for m in self.mlp[2:] if isinstance(m, nn.Linear)]
+        output = output_weight[None, :]
+        num_items = item_part_t.shape[1]
+
+        @torch.no_grad()
+        def every_item(user_part):
+            logits = torch.empty(len(user_part), num_items, device=user_part.device, dtype=user_part.dtype)
+            rows = max(1, min(len(user_part), block_pairs // num_items))
+            first = torch.empty(len(item_part_t), rows, num_items, device=user_part.device, dtype=user_part.dtype)
+            for begin in range(0, len(user_part), rows):
+                block = user_part[begin:begin + rows]
+                out = first if len(block) == rows else first.view(-1)[:first[:, :len(block)].numel()].view(
+                    len(item_part_t), len(block), num_items)
+                hidden = torch.add(item_part_t[:, None, :], block.t()[:, :, None], out=out).relu_()
+                hidden = hidden.view(len(item_part_t), -1)
+                for layer_weight, layer_bias in layers:
+                    hidden = torch.addmm(layer_bias, layer_weight, hidden).relu_()
+                logits[begin:begin + rows] = (output @ hidden).view(len(block), num_items)
+            return logits
+
+        return every_item
 
 
 class MF(nn.Module):

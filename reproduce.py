@@ -25,10 +25,16 @@ from utils import Parser, run_cli
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the commands run here
 ML1M = "--data_dir ../shared/data/ncf-ml-1m --dataset ml-1m"
 LASTFM = "../shared/data/lastfm-hetrec2011/user_artists.dat"
-SPLITS = {  # dataset -> the split.py command that makes it in data/
+SYNTHETIC = {"sample": "synthetic.py --out data/sample", "melon_syn": "synthetic.py --scale melon --out data/melon_syn"}
+SPLITS = {  # dataset -> the split.py command that makes it in data/ (commands joined by && run in turn)
     "lastfm_random": f"split.py --input {LASTFM} --out_dir data --name lastfm_random --test_item random",
     "lastfm_val": f"split.py --input {LASTFM} --out_dir data --name lastfm_val --test_item random --val",
     "lastfm": f"split.py --input {LASTFM} --out_dir data --name lastfm",
+    **{f"{raw.split('_')[0]}_arena": f"{SYNTHETIC[raw]} && split.py --input data/{raw}/train.json --out_dir data "
+       f"--name {raw.split('_')[0]}_arena --arena" for raw in SYNTHETIC},  # Arena splits: sample_arena, melon_arena
+    **{f"{raw.split('_')[0]}_noq": f"{SYNTHETIC[raw]} && split.py --input data/{raw}/train.json --out_dir data "
+       f"--name {raw.split('_')[0]}_arena --arena && split.py --input data/{raw}/train.json --out_dir data "
+       f"--name {raw.split('_')[0]}_noq --exclude data/{raw.split('_')[0]}_arena.questions.json" for raw in SYNTHETIC},
 }
 DOCS = ("README.md", "RESULTS.md", "PERFORMANCE.md")  # the documents that report figures
 MF = "--model mf --num_neg 8 --batch_size 4096 --lr 3e-3 --no-sparse --epochs 40"
@@ -40,6 +46,7 @@ class Experiment:
     paper: str = ""  # the published figure (HR@10 / NDCG@10), where there is one
     readme: str = ""  # the figure the documents report (HR@10 / NDCG@10), in a section that names the experiment
     full_ranking: bool = False  # score best.pt again with evaluate.py --eval full
+    then: str = ""  # a command run after it, {save_dir} standing for its save directory
 
     @property
     def script(self):
@@ -78,6 +85,33 @@ def large_batch(batch, lr, betas, negatives, dense, readme):
     betas_flags = "" if betas == (0.9, 0.999) else f" --beta1 {betas[0]} --beta2 {betas[1]}"
     return Experiment(f"main.py $ML1M --no-exclude_test_neg --batch_size {batch} --lr {lr} --num_neg {negatives}"
                       f"{betas_flags}{' --no-sparse' if dense else ''} --threads 2", readme=readme)
+
+
+def arena(scale, command, readme="", then=""):
+    """An experiment of the Kakao Arena task on the local Arena split of the synthetic data at `scale` (sample or
+    melon): `command` with {arena} for the split's flags and {questions} for --continue's; readme: song nDCG@100 /
+    tag nDCG@10 / score."""
+    data = f"--data_dir data --dataset {scale}_arena"
+    questions = f"--continue data/{scale}_arena.questions.json --answers data/{scale}_arena.answers.json"
+    return Experiment(command.format(arena=data, questions=questions), readme=readme,
+                      then=then.format(questions=questions, save_dir="{save_dir}"))
+
+
+ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULTS.md's playlist continuation section
+    "arena-sample-neumf": arena("sample", "main.py {arena}", "0.2070 / 0.6003 / 0.2660"),
+    "arena-sample-pop": arena("sample", "evaluate.py --baseline pop {arena} {questions}", "0.0264 / 0.2579 / 0.0612"),
+    "arena-sample-itemknn": arena("sample", "evaluate.py --baseline itemknn {arena} {questions}",
+                                  "0.2165 / 0.6003 / 0.2741"),
+    "arena-sample-foldin": Experiment(
+        "main.py --data_dir data --dataset sample_noq", readme="0.1875 / 0.5983 / 0.2491",
+        then="evaluate.py --checkpoint {save_dir}/best.pt --continue data/sample_arena.questions.json "
+             "--answers data/sample_arena.answers.json --out {save_dir}/arena_results.json"),
+    "arena-melon-neumf": arena("melon", "main.py {arena}", "0.1511 / 0.5908 / 0.2170",
+                               then="bench.py --continuation {save_dir}/best.pt --json {save_dir}/bench.json"),
+    "arena-melon-pop": arena("melon", "evaluate.py --baseline pop {arena} {questions}", "0.0141 / 0.2480 / 0.0492"),
+    "arena-melon-itemknn": arena("melon", "evaluate.py --baseline itemknn {arena} {questions}",
+                                 "0.2953 / 0.5908 / 0.3396"),
+}
 
 
 EXPERIMENTS = {
@@ -128,6 +162,7 @@ EXPERIMENTS = {
     "sample": Experiment("main.py", readme="0.4927 / 0.2409", full_ranking=True),
     "sample-2-ranks": Experiment("-m torch.distributed.run --standalone --nproc_per_node 2 main.py --gpu cpu",
                                  readme="0.4977 / 0.2477"),
+    **ARENA_EXPERIMENTS,
 }
 
 
@@ -172,7 +207,8 @@ def listing():
     lines = []
     for name, experiment in EXPERIMENTS.items():
         lines.append(f"{name}\n    python3 {experiment.command}"
-                     + (" (then evaluate.py --eval full on its best.pt)" if experiment.full_ranking else ""))
+                     + (" (then evaluate.py --eval full on its best.pt)" if experiment.full_ranking else "")
+                     + (f"\n    then python3 {experiment.then}" if experiment.then else ""))
         figures = [f"paper {experiment.paper}"] if experiment.paper else []
         figures += [f"ours {experiment.readme}"] if experiment.readme else []
         if figures:
@@ -188,11 +224,19 @@ def run(name, extra, save_dir):
     argv = experiment.argv() + extra
     data_dir, dataset = dataset_of(argv)
     if dataset in SPLITS and data_dir == "data" and not os.path.exists(os.path.join(ROOT, "data", f"{dataset}.train.rating")):
-        status = command([sys.executable, *shlex.split(SPLITS[dataset])])
-        if status:
-            return status
+        for step in SPLITS[dataset].split(" && "):
+            status = command([sys.executable, *shlex.split(step)])
+            if status:
+                return status
     save_dir = save_dir or os.path.join(ROOT, "runs", "reproduce", name, time.strftime("%Y%m%d-%H%M%S"))
-    status = command([sys.executable, *argv, "--out_dir" if experiment.script == "grid.py" else "--save_dir", save_dir])
+    if experiment.script == "evaluate.py":  # a baseline's results.json
+        os.makedirs(save_dir, exist_ok=True)
+        status = command([sys.executable, *argv, "--out", os.path.join(save_dir, "results.json")])
+    else:
+        status = command([sys.executable, *argv, "--out_dir" if experiment.script == "grid.py" else "--save_dir",
+                          save_dir])
+    if not status and experiment.then:
+        status = command([sys.executable, *shlex.split(experiment.then.format(save_dir=save_dir))])
     if status or not experiment.full_ranking:
         return status
     return command([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"), "--eval", "full"])

@@ -4,9 +4,17 @@ Melon Playlist Dataset (`train.json` with `song_meta.json` beside it: playlists 
 songs are items, the held-out song is the latest released) or any delimited
 `user, item[, rating[, timestamp]]` file (held-out item: the latest timestamp, else the last
 in file order). Writes NAME.train.rating, NAME.test.rating, NAME.test.negative
-[, NAME.val.rating, NAME.val.negative] and NAME.meta.json into OUT_DIR, all or nothing.
+[, NAME.val.rating, NAME.val.negative] and NAME.meta.json into OUT_DIR, all or nothing; from Melon also
+NAME.tags.json (each playlist's tags and title, by user index, for playlist continuation).
+
+Playlist continuation (the Kakao Arena task): --arena makes the Arena's local split (split_data.py: shuffled, 80%
+training, 20% questions of four kinds) and writes NAME.questions.json and NAME.answers.json; --questions FILE
+(repeatable) adds the official val.json / test.json questions. Question playlists are users of the model through
+their visible songs, with no held-out item; the leave-one-out items come from the other playlists.
 
     python3 split.py --input data/melon/train.json --out_dir data --name melon
+    python3 split.py --input data/melon/train.json --out_dir data --name melon_arena --arena
+    python3 split.py --input data/melon/train.json --questions data/melon/val.json --out_dir data --name melon
     python3 split.py --input ratings.dat --out_dir data --name ml1m
 """
 import io
@@ -14,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import random
 import re
 import time
 from contextlib import ExitStack
@@ -26,13 +35,28 @@ from utils import MISSING, InputError, Parser, atomic_path, read_json, run_cli
 TEST_ITEM_RULES = ("latest", "last", "random")
 INT_TOKEN = r"-?\d{1,18}"
 BAD_DATE = np.iinfo(np.int64).min
+PLAYLIST_FIELDS = {"id": "int", "songs": "ints", "tags": "strs", "plylst_title": "str", "like_cnt": "any",
+                   "updt_date": "any"}  # train.json's; tags and title may be absent, like_cnt and updt_date anything
+ARENA_SEED = 777  # the Arena's split_data.py: random.seed(777)
+ARENA_KINDS = (  # kind, its end as a share of the questions (30%, 50%, 15%, 5%), fields masked to half, fields removed
+    ("songs", 0.3, ("songs",), ("tags",)), ("songs+tags", 0.8, ("songs", "tags"), ()),
+    ("tags", 0.95, ("tags",), ("songs",)), ("title", 1.0, (), ("songs", "tags")))
+ARENA_QUESTION_SHARE = 0.2
+ARENA_ANSWER_LENGTH = {"songs": 100, "tags": 10}
 
 
 def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_items=None,
-          test_item="latest", num_test_neg=99, seed=42, val=False, verbose=True):
-    """Split `input_path` into leave-one-out files in `out_dir`; return the meta dict (NAME.meta.json)."""
+          test_item="latest", num_test_neg=99, seed=42, val=False, verbose=True, arena=False, arena_seed=ARENA_SEED,
+          questions=(), exclude=None):
+    """Split `input_path` into leave-one-out files in `out_dir`; return the meta dict (NAME.meta.json).
+
+    Melon only: `arena` makes the Arena's local question/answer split (seeded by `arena_seed`); `questions` are
+    Arena question files whose playlists join as users without held-out items; `exclude` is an Arena JSON file
+    whose playlist ids are left out (the training playlists of an Arena split without its question playlists)."""
     start = time.time()
     melon = input_path.endswith(".json")
+    if (arena or questions or exclude) and not melon:
+        raise InputError("--arena, --questions and --exclude need a Melon train.json as --input")
     if min_item_count is None:
         min_item_count = 25 if melon else 1
     if min_user_items is None:
@@ -44,26 +68,42 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
         path = os.path.abspath(input_path)
         name = os.path.basename(os.path.dirname(path)) if melon else os.path.splitext(os.path.basename(path))[0]
 
-    data = load_melon(input_path) if melon else load_delimited(input_path)
+    arena_files = {}
+    if melon:
+        playlists = read_playlists(input_path)
+        if exclude is not None:
+            dropped = {record[0] for record in read_playlists(exclude)}
+            playlists = [record for record in playlists if record[0] not in dropped]
+        sources = [(input_path, playlists)] + [(path, read_playlists(path)) for path in questions]
+        check_unique_ids(sources)
+        asked = [record for _, records in sources[1:] for record in records]
+        if arena:
+            playlists, arena_asked, arena_questions, arena_answers, kinds = arena_split(playlists, arena_seed)
+            asked += arena_asked
+            arena_files = {"questions": arena_questions, "answers": arena_answers, "kinds": kinds}
+        data = load_melon(input_path, playlists + asked, num_questions=len(asked))
+    else:
+        data = load_delimited(input_path)
     if verbose and test_item == "latest" and not data.get("timestamps", True):
         print(f"note: {input_path} has no timestamps, so each user's held-out item is its last line; if the file "
               f"is sorted by item (as Last.fm's user_artists.dat is, by artist id), use --test_item random")
-    rows, user, item, user_ids, item_ids, stats = filter_counts(data, min_item_count, min_user_items)
-    if len(rows) == 0:
+    rows, user, item, user_ids, item_ids, stats, kept_users = filter_counts(data, min_item_count, min_user_items)
+    question = data["question"][kept_users]
+    if len(rows) == 0 or question.all():
         raise InputError(f"no {'playlists' if melon else 'users'} left after filtering {input_path} "
                          f"(min_item_count={min_item_count}, min_user_items={min_user_items})")
     rating, when = data["rating"][rows], data["time"][rows]
     num_users, num_items = len(user_ids), len(item_ids)
 
     pick_test, pick_val, neg_test, neg_val = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
-    position = np.arange(len(user))
     ties_last = not melon
-    test_rows = hold_out(user, when, position, test_item, ties_last, pick_test)
     in_train = np.ones(len(user), bool)
+    rest = np.flatnonzero(~question[user])  # question playlists have no held-out item
+    test_rows = rest[hold_out(user[rest], when[rest], rest, test_item, ties_last, pick_test)]
     in_train[test_rows] = False
     val_rows = None
     if val:
-        rest = np.flatnonzero(in_train)
+        rest = np.flatnonzero(in_train & ~question[user])
         val_rows = rest[hold_out(user[rest], when[rest], rest, test_item, ties_last, pick_val)]
         in_train[val_rows] = False
     negatives = sample_test_negatives(user, item, num_users, num_items, num_test_neg, neg_test, user_ids)
@@ -80,6 +120,7 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
         "num_users": num_users,
         "num_items": num_items,
         "num_train": len(train_rows),
+        "num_test_users": len(test_rows),
         "num_test_neg": num_test_neg,
         "has_val": bool(val),
         "filters": {"min_item_count": min_item_count, "min_user_items": min_user_items, "test_item": test_item},
@@ -89,16 +130,30 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     }
     if melon:
         meta["song_meta"] = os.path.abspath(os.path.join(os.path.dirname(input_path), "song_meta.json"))
+        meta["num_question_users"] = int(question.sum())
+        meta["questions"] = [os.path.abspath(path) for path in questions]
+        meta["exclude"] = os.path.abspath(exclude) if exclude is not None else None
 
     columns = (user, item, rating, when)
     files = {
         f"{name}.train.rating": lambda p: write_rows(p, columns, train_rows),
         f"{name}.test.rating": lambda p: write_rows(p, columns, test_rows),
-        f"{name}.test.negative": lambda p: write_negatives(p, user, item, test_rows, negatives),
+        f"{name}.test.negative": lambda p: write_negatives(p, user, item, test_rows, negatives[user[test_rows]]),
     }
     if val:
         files[f"{name}.val.rating"] = lambda p: write_rows(p, columns, val_rows)
-        files[f"{name}.val.negative"] = lambda p: write_negatives(p, user, item, val_rows, val_negatives)
+        files[f"{name}.val.negative"] = lambda p: write_negatives(p, user, item, val_rows,
+                                                                  val_negatives[user[val_rows]])
+    if melon:
+        tags = {"tags": [data["tags"][u] for u in kept_users.tolist()],
+                "titles": [data["titles"][u] for u in kept_users.tolist()]}
+        files[f"{name}.tags.json"] = lambda p: write_meta(p, tags)
+    if arena:
+        meta["arena"] = {"seed": arena_seed, "kinds": arena_files["kinds"],
+                         "questions": os.path.abspath(os.path.join(out_dir, f"{name}.questions.json")),
+                         "answers": os.path.abspath(os.path.join(out_dir, f"{name}.answers.json"))}
+        files[f"{name}.questions.json"] = lambda p: write_meta(p, arena_files["questions"])
+        files[f"{name}.answers.json"] = lambda p: write_meta(p, arena_files["answers"])
     files[f"{name}.meta.json"] = lambda p: write_meta(p, meta)
     paths = write_all(out_dir, files)
     if verbose:
@@ -130,44 +185,117 @@ def check_records(path, records, kinds):
     value types when all is well; a record-by-record scan only to name the bad one."""
     if not isinstance(records, list):
         raise InputError(f"{path}: expected a JSON list of records")
-    allowed = {"int": {int}, "ints": {list}, "date": {str, int}}
+    absent = type(MISSING)
+    allowed = {"int": {int}, "ints": {list}, "date": {str, int}, "strs": {list, absent}, "str": {str, absent},
+               "any": None}
+    element = {"ints": int, "strs": str}
 
     def types(values):
         return set(map(type, values))
 
+    def good_elements(kind, lists):
+        return kind not in element or types(itertools.chain.from_iterable(
+            values for values in lists if values is not MISSING)) <= {element[kind]}
+
     if types(records) <= {tuple} and all(
-            types(r[column] for r in records) <= allowed[kind]
-            and (kind != "ints" or types(itertools.chain.from_iterable(r[column] for r in records)) <= {int})
-            for column, kind in enumerate(kinds.values())):
+            (allowed[kind] is None or types(r[column] for r in records) <= allowed[kind])
+            and good_elements(kind, (r[column] for r in records)) for column, kind in enumerate(kinds.values())):
         return
-    want = {"int": "an integer", "ints": "a list of integer song ids", "date": "a YYYYMMDD string"}
+    want = {"int": "an integer", "ints": "a list of integer song ids", "date": "a YYYYMMDD string",
+            "strs": "a list of strings", "str": "a string"}
     for index, record in enumerate(records):
         if type(record) is not tuple:
             raise InputError(f"{path}: record {index} is not a JSON object")
         for (key, kind), value in zip(kinds.items(), record):
-            if value is MISSING:
+            if value is MISSING and absent not in (allowed[kind] or {absent}):
                 raise InputError(f"{path}: record {index} has no '{key}' field")
-            if type(value) not in allowed[kind] or kind == "ints" and not types(value) <= {int}:
+            if allowed[kind] is not None and (type(value) not in allowed[kind] or not good_elements(kind, [value])):
                 raise InputError(f"{path}: record {index}: '{key}' must be {want[kind]}, "
                                  f"found {json.dumps(value)[:60]}")
 
 
-def load_melon(path):
-    """Read train.json and song_meta.json -> interactions in playlist order, deduped, songs without a usable
-    release date or missing from song_meta dropped. Time = release date as unix seconds."""
+def read_playlists(path):
+    """The playlists of an Arena-format JSON file (train.json, val.json, test.json, questions, answers) as tuples
+    of PLAYLIST_FIELDS (MISSING where absent); a one-line InputError for anything else. Ids are not checked here."""
+    playlists = read_json(path, tuple(PLAYLIST_FIELDS))
+    check_records(path, playlists, PLAYLIST_FIELDS)
+    return playlists
+
+
+def check_unique_ids(sources):
+    """An InputError naming the file and record of the first playlist id seen twice in [(path, playlists)]."""
+    seen = {}
+    for path, playlists in sources:
+        ids = pd.Index([p[0] for p in playlists])
+        duplicate = ids.duplicated() | ids.isin(list(seen))
+        if duplicate.any():
+            index = int(np.argmax(duplicate))
+            earlier = f" (also in {seen[ids[index]]})" if ids[index] in seen else ""
+            raise InputError(f"{path}: record {index}: playlist id {ids[index]} appears twice{earlier}")
+        seen.update(dict.fromkeys(ids.tolist(), path))
+
+
+def as_record(playlist, **fields):
+    """A playlist tuple as an Arena JSON object (absent fields left out), with `fields` replaced."""
+    record = {key: value for key, value in zip(PLAYLIST_FIELDS, playlist) if value is not MISSING}
+    return {**record, **fields}
+
+
+def arena_split(playlists, seed=ARENA_SEED):
+    """The Kakao Arena's local split (its split_data.py): playlists shuffled (Python's random.shuffle, seeded as
+    the Arena seeds it, so the same train.json gives the Arena's own partition), the last 20% made questions of the
+    ARENA_KINDS in order: half of a field's values kept at random in the question and the other half in the answer,
+    a removed field empty in the question and whole (cut to 100 songs, 10 tags) in the answer; the questions
+    shuffled. Returns (training playlists, question playlists as tuples, questions and answers as JSON objects in
+    the same order, {kind: count})."""
+    playlists = list(playlists)
+    random.Random(seed).shuffle(playlists)
+    first = int(len(playlists) * (1 - ARENA_QUESTION_SHARE))
+    questions, answers, kinds = arena_questions(playlists[first:], np.random.default_rng(seed))
+    asked = [tuple(q.get(key, MISSING) for key in PLAYLIST_FIELDS) for q in questions]
+    return playlists[:first], asked, questions, answers, kinds
+
+
+def arena_questions(asked, rng):
+    """(questions, answers, {kind: count}) of the playlists `asked` (tuples), as the Arena's split_data.py makes
+    them: the ARENA_KINDS in order, the questions shuffled by `rng`."""
+    kinds, questions, answers, begin = {}, [], [], 0
+    for kind, end, masked, removed in ARENA_KINDS:
+        group, begin = asked[begin:int(len(asked) * end)], int(len(asked) * end)
+        kinds[kind] = len(group)
+        for playlist in group:
+            question, answer = as_record(playlist), as_record(playlist)
+            for field in ("songs", "tags"):
+                values = question.get(field, [])
+                if field in masked:
+                    keep = np.zeros(len(values), bool)
+                    keep[rng.permutation(len(values))[:len(values) // 2]] = True
+                    question[field] = [v for v, k in zip(values, keep) if k]
+                    answer[field] = [v for v, k in zip(values, keep) if not k][:ARENA_ANSWER_LENGTH[field]]
+                elif field in removed:
+                    question[field], answer[field] = [], values[:ARENA_ANSWER_LENGTH[field]]
+                else:
+                    answer[field] = []
+            questions.append(question)
+            answers.append(answer)
+    order = rng.permutation(len(questions))
+    return [questions[i] for i in order], [answers[i] for i in order], kinds
+
+
+def load_melon(path, playlists, num_questions=0):
+    """`playlists` (tuples of PLAYLIST_FIELDS, the last `num_questions` of them questions) with song_meta.json beside
+    `path` -> interactions in playlist order, deduped, songs without a usable release date or missing from song_meta
+    dropped. Time = release date as unix seconds. Keeps each playlist's tags and title, and which are questions."""
     meta_path = os.path.join(os.path.dirname(path), "song_meta.json")
     if not os.path.isfile(meta_path):
         raise InputError(f"{meta_path}: no such file (song_meta.json must be beside {os.path.basename(path)})")
-    playlists = read_json(path, ("id", "songs"))
-    check_records(path, playlists, {"id": "int", "songs": "ints"})
     playlist_ids = np.array([p[0] for p in playlists], np.int64)
     lengths = np.fromiter((len(p[1]) for p in playlists), np.int64, len(playlists))
     songs = np.fromiter(itertools.chain.from_iterable(p[1] for p in playlists), np.int64, int(lengths.sum()))
+    tags = [[] if p[2] is MISSING else p[2] for p in playlists]
+    titles = ["" if p[3] is MISSING else p[3] for p in playlists]
+    question = np.arange(len(playlists)) >= len(playlists) - num_questions
     del playlists
-    duplicate = pd.Index(playlist_ids).duplicated()
-    if duplicate.any():
-        index = int(np.argmax(duplicate))
-        raise InputError(f"{path}: record {index}: playlist id {playlist_ids[index]} appears twice")
 
     song_meta = read_json(meta_path, ("id", "issue_date"))
     check_records(meta_path, song_meta, {"id": "int", "issue_date": "date"})
@@ -195,7 +323,8 @@ def load_melon(path):
                  dropped_unknown_interactions=int((keep & ~known[item]).sum()))
     keep &= known[item] & ~bad_date[item]
     return {"user": user[keep], "item": item[keep], "user_ids": playlist_ids, "item_ids": np.asarray(item_ids),
-            "rating": np.ones(int(keep.sum()), np.int64), "time": item_days[item[keep]] * 86400, "stats": stats}
+            "rating": np.ones(int(keep.sum()), np.int64), "time": item_days[item[keep]] * 86400, "stats": stats,
+            "tags": tags, "titles": titles, "question": question}
 
 
 def release_days(dates):
@@ -258,7 +387,8 @@ def load_delimited(path):
              "duplicates_removed": int((~keep).sum()), "dropped_bad_date_songs": 0, "dropped_bad_date_interactions": 0,
              "dropped_unknown_songs": 0, "dropped_unknown_interactions": 0}
     return {"user": user[keep], "item": item[keep], "user_ids": np.asarray(user_ids), "item_ids": np.asarray(item_ids),
-            "rating": rating[keep], "time": stamp[keep], "stats": stats, "timestamps": ncols == 4}
+            "rating": rating[keep], "time": stamp[keep], "stats": stats, "timestamps": ncols == 4,
+            "question": np.zeros(len(user_ids), bool)}
 
 
 def as_ids(tokens):
@@ -361,21 +491,21 @@ def bad_line(path, sep, header_line, ncols, reason):
 
 def filter_counts(data, min_item_count, min_user_items):
     """Drop items seen fewer than `min_item_count` times, then users left with fewer than `min_user_items`
-    (one pass); renumber both from 0 in order of first appearance.
-    Returns (kept rows, user, item, user_ids, item_ids, stats)."""
+    (question playlists: with none; one pass); renumber both from 0 in order of first appearance.
+    Returns (kept rows, user, item, user_ids, item_ids, stats, the kept users' old indices)."""
     user, item = data["user"], data["item"]
     counts = np.bincount(item, minlength=len(data["item_ids"]))
     rare = counts < min_item_count
     keep = ~rare[item]
     user_counts = np.bincount(user[keep], minlength=len(data["user_ids"]))
-    keep &= user_counts[user] >= min_user_items
+    keep &= user_counts[user] >= np.where(data["question"], 1, min_user_items)[user]
     rows = np.flatnonzero(keep)
     new_user, old_users = pd.factorize(user[rows])
     new_item, old_items = pd.factorize(item[rows])
     stats = {**data["stats"], "dropped_rare_items": int((rare & (counts > 0)).sum()),
              "dropped_short_users": data["stats"]["raw_users"] - len(old_users)}
     return (rows, new_user.astype(np.int64), new_item.astype(np.int64),
-            data["user_ids"][old_users], data["item_ids"][old_items], stats)
+            data["user_ids"][old_users], data["item_ids"][old_items], stats, np.asarray(old_users))
 
 
 def hold_out(user, when, position, rule, ties_last, rng):
@@ -470,9 +600,16 @@ def summary(meta, paths, seconds):
         f"{s['dropped_short_users']:,} {users} with < {f['min_user_items']} {items}",
         f"  kept       {meta['num_users']:,} {users} x {meta['num_items']:,} {items}, "
         f"{s['interactions']:,} interactions "
-        f"(train {meta['num_train']:,}, test {meta['num_users']:,}"
-        + (f", val {meta['num_users']:,}" if meta["has_val"] else "") + f"), density {s['density']:.6f}",
+        f"(train {meta['num_train']:,}, test {meta['num_test_users']:,}"
+        + (f", val {meta['num_test_users']:,}" if meta["has_val"] else "") + f"), density {s['density']:.6f}",
         f"  held out   {f['test_item']} item per user; {meta['num_test_neg']} negatives each, seed {meta['seed']}",
+    ]
+    if meta.get("num_question_users"):
+        lines.append(f"  questions  {meta['num_question_users']:,} question {users} train through their visible "
+                     f"{items}, without held-out ones"
+                     + (f"; Arena split (seed {meta['arena']['seed']}): " + ", ".join(
+                         f"{n:,} {kind}" for kind, n in meta["arena"]["kinds"].items()) if "arena" in meta else ""))
+    lines += [
         "  wrote      " + "\n             ".join(paths),
         f"  time       {seconds:.1f} s",
     ]
@@ -492,9 +629,20 @@ def main():
     p.add_argument("--num_test_neg", type=int, default=99, help="sampled negatives per held-out item")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--val", action="store_true", help="also hold out a validation item per user")
+    p.add_argument("--arena", action="store_true", help="Melon: the Kakao Arena's local split: 20%% of the "
+                   "playlists become questions (NAME.questions.json) with their answers (NAME.answers.json)")
+    p.add_argument("--arena_seed", type=int, default=ARENA_SEED, help="seed of --arena's split (the Arena's: 777)")
+    p.add_argument("--questions", action="append", default=[], metavar="FILE",
+                   help="Melon: an Arena question file (val.json, test.json) whose playlists train through their "
+                        "visible songs (repeatable)")
+    p.add_argument("--exclude", metavar="FILE", help="Melon: leave out the playlists of this Arena JSON file "
+                   "(e.g. an Arena split's questions, to train on its training playlists only)")
     a = p.parse_args()
+    if a.arena_seed < 0:
+        p.error(f"--arena_seed must be >= 0 (got {a.arena_seed})")
     split(a.input, a.out_dir, a.name, min_item_count=a.min_item_count, min_user_items=a.min_user_items,
-          test_item=a.test_item, num_test_neg=a.num_test_neg, seed=a.seed, val=a.val)
+          test_item=a.test_item, num_test_neg=a.num_test_neg, seed=a.seed, val=a.val, arena=a.arena,
+          arena_seed=a.arena_seed, questions=a.questions, exclude=a.exclude)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,21 @@ songs inside a playlist, Korean and English text. The same seed gives byte-ident
 
     python3 synthetic.py                                     # data/sample: 4,000 playlists x 25,000 songs
     python3 synthetic.py --scale melon --out data/melon_syn  # the real set's size: 115,071 x 707,989
+    python3 synthetic.py --val 800                           # also val.json: 800 Arena questions (and answers)
+
+With --val N, N more playlists are drawn and turned into Kakao Arena questions (split.py's arena_questions: the
+four kinds in the Arena's proportions), written as OUT/val.json in the official question format, with their
+answers in OUT/val_answers.json: the official workflow (split.py --questions val.json, evaluate.py --continue
+val.json) runs on the sample.
 """
 import json
 import os
 import time
+from contextlib import ExitStack
 
 import numpy as np
 
-from utils import InputError, Parser, atomic_open, run_cli
+from utils import MISSING, InputError, Parser, atomic_open, run_cli
 
 # (playlists, songs). The sample keeps Melon's ~7.5 playlist entries per song, so its >=25 filter
 # leaves ~3,700 playlists x ~1,900 songs (~105k interactions); melon leaves ~106k x ~33k.
@@ -336,31 +343,41 @@ def resolve_sizes(scale, playlists, songs, seed):
     return num_playlists, num_songs
 
 
-def write_dataset(out_dir, num_playlists, num_songs, seed):
-    """Generate and write the three files; return (train path, song_meta path, number of playlist entries).
+def write_dataset(out_dir, num_playlists, num_songs, seed, num_questions=0):
+    """Generate and write the three files (and val.json, val_answers.json: `num_questions` Arena questions);
+    return (train path, song_meta path, number of playlist entries).
 
     None of them replaces an old one until all are completely written.
     """
     rng = np.random.default_rng(seed)
     cat = make_catalogue(rng, num_songs)
-    pls = make_playlists(rng, num_playlists, cat)
+    pls = make_playlists(rng, num_playlists + num_questions, cat)
     train_path = os.path.join(out_dir, "train.json")
     meta_path = os.path.join(out_dir, "song_meta.json")
     try:
-        with atomic_open(train_path, "w", encoding="utf-8") as train, \
-                atomic_open(meta_path, "w", encoding="utf-8") as meta, \
-                atomic_open(os.path.join(out_dir, "genre_gn_all.json"), "w", encoding="utf-8") as genres:
+        with ExitStack() as files:
+            train, meta, genres = (files.enter_context(atomic_open(os.path.join(out_dir, name), "w", encoding="utf-8"))
+                                   for name in ("train.json", "song_meta.json", "genre_gn_all.json"))
             write_json_list(train, num_playlists, lambda a, b: playlist_records(pls, a, b))
             write_json_list(meta, num_songs, lambda a, b: song_records(cat["meta"], a, b))
             json.dump(genre_names(), genres, ensure_ascii=False)
+            if num_questions:
+                import split
+                asked = [tuple(record.get(key, MISSING) for key in split.PLAYLIST_FIELDS)
+                         for record in playlist_records(pls, num_playlists, num_playlists + num_questions)]
+                questions, answers, _ = split.arena_questions(asked, rng)
+                for name, records in (("val.json", questions), ("val_answers.json", answers)):
+                    json.dump(records, files.enter_context(atomic_open(os.path.join(out_dir, name), "w",
+                                                                       encoding="utf-8")), ensure_ascii=False)
     except OSError as e:
         raise InputError(f"--out {out_dir}: cannot write: {e.strerror or e}") from None
-    return train_path, meta_path, len(pls["songs"])
+    return train_path, meta_path, int(pls["offsets"][num_playlists])
 
 
-def generate(out_dir, scale="sample", playlists=None, songs=None, seed=42):
-    """Write OUT_DIR/train.json, song_meta.json and genre_gn_all.json; return the paths (train, song_meta)."""
-    train_path, meta_path, _ = write_dataset(out_dir, *resolve_sizes(scale, playlists, songs, seed), seed)
+def generate(out_dir, scale="sample", playlists=None, songs=None, seed=42, questions=0):
+    """Write OUT_DIR/train.json, song_meta.json and genre_gn_all.json (and val.json, val_answers.json with
+    `questions`); return the paths (train, song_meta)."""
+    train_path, meta_path, _ = write_dataset(out_dir, *resolve_sizes(scale, playlists, songs, seed), seed, questions)
     return train_path, meta_path
 
 
@@ -372,14 +389,21 @@ def main():
     parser.add_argument("--playlists", type=int, help="number of playlists (overrides --scale)")
     parser.add_argument("--songs", type=int, help="number of songs (overrides --scale)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--val", type=int, default=0, metavar="N",
+                        help="also write val.json: N more playlists as Kakao Arena questions (answers in "
+                             "val_answers.json)")
     args = parser.parse_args()
+    if args.val < 0:
+        parser.error(f"--val must not be negative, got {args.val}")
 
     began = time.perf_counter()
     num_playlists, num_songs = resolve_sizes(args.scale, args.playlists, args.songs, args.seed)
-    train_path, meta_path, entries = write_dataset(args.out, num_playlists, num_songs, args.seed)
+    train_path, meta_path, entries = write_dataset(args.out, num_playlists, num_songs, args.seed, args.val)
     print(f"{num_playlists:,} playlists, {num_songs:,} songs, {entries:,} playlist-song entries "
           f"(mean {entries / num_playlists:.1f} per playlist) in {time.perf_counter() - began:.1f}s")
-    print(f"wrote {train_path}, {meta_path} and {os.path.join(args.out, 'genre_gn_all.json')}")
+    print(f"wrote {train_path}, {meta_path} and {os.path.join(args.out, 'genre_gn_all.json')}"
+          + (f"; {args.val:,} Arena questions in {os.path.join(args.out, 'val.json')} (answers: val_answers.json)"
+             if args.val else ""))
 
 
 if __name__ == "__main__":

@@ -47,10 +47,10 @@ def in_process(argv, monkeypatch):
     return 0
 
 
-@pytest.mark.parametrize("name", reproduce.EXPERIMENTS)
+@pytest.mark.parametrize("name", [name for name in reproduce.EXPERIMENTS if name not in reproduce.ARENA_EXPERIMENTS])
 def test_each_experiment_runs_its_command(name, shared_split, tmp_path, monkeypatch):
     """On the tiny split, one epoch with one thread (the grid: one epoch a cell), with full ranking afterwards
-    where it has it."""
+    where it has it. (The Arena experiments need an Arena split: tests/test_continuation.py runs their code.)"""
     data_dir, _ = shared_split
     monkeypatch.setattr(reproduce, "command", lambda argv: in_process(argv, monkeypatch))
     experiment = reproduce.EXPERIMENTS[name]

@@ -1,0 +1,355 @@
+"""Non-neural baselines, scored by evaluate.py's code like the neural models: most popular, item-kNN (cosine with
+shrink, each item's top-k neighbours) and EASE^R (Steck, WWW 2019: the closed-form linear item-item model).
+
+    python3 baselines.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m --model itemknn --tune
+    python3 baselines.py --model ease --l2 500 --eval full        # the built-in sample (or the Melon split)
+
+fit(name, data, **params) returns an nn.Module of buffers only. Its candidate_scorer() follows model.NCF's contract
+(score(users [rows], items [rows, candidates] or None for every item) -> scores [rows, candidates]), scoring a user
+from its training items; history_scores(indptr, items) scores any item sets given in CSR form (playlists that were
+not training users). --tune chooses the parameters on validation data (the split's own, else one training item per
+user held out with 99 sampled negatives), never on the test set, then fits on all training pairs.
+
+EASE^R holds a dense items x items matrix and inverts one: 2 x items^2 x 4 bytes at the peak (10.3 GB for Melon's
+35,919 songs) and about items^3 operations. Item-kNN keeps k neighbours an item and builds the co-occurrence counts
+a block of items at a time, never items^2 at once: by a dense product where the user x item matrix is small (ML-1M),
+else from the users' item pairs (as many as the sum of squared user lengths: about 0.4 billion on Melon).
+"""
+import dataclasses
+import itertools
+import json
+import os
+import time
+
+import torch
+from torch import nn
+
+import dataloader
+from runs import make_dirs, new_run_dir, run_provenance
+from utils import InputError, Parser, atomic_open, run_cli
+
+NAMES = ("pop", "itemknn", "ease")
+DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0}, "ease": {"l2": 500.0}}
+GRIDS = {"pop": {}, "itemknn": {"neighbours": [20, 50, 100, 200, 300, 500], "shrink": [0.0, 10.0, 100.0, 1000.0]},
+         "ease": {"l2": [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]}}
+MAX_PAIRS = 1 << 24  # item pairs counted at once when building co-occurrence counts (8 bytes an index)
+MAX_BLOCK = 1 << 26  # co-occurrence counts held at once (4 bytes each)
+DENSE_SPEEDUP = 1000  # how much faster a dense matrix product is per multiply-add than counting one item pair
+
+
+# --- item sets in CSR form ---
+
+def csr_rows(indptr, items, rows):
+    """(indptr, items) of the CSR rows `rows` of (indptr, items), in that order."""
+    begin = indptr[rows]
+    lengths = indptr[rows + 1] - begin
+    row_indptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=items.device)
+    torch.cumsum(lengths, 0, out=row_indptr[1:])
+    offsets = torch.arange(int(row_indptr[-1]), device=items.device) - row_indptr[:-1].repeat_interleave(lengths)
+    return row_indptr, items[begin.repeat_interleave(lengths) + offsets]
+
+
+def row_ids(indptr):
+    """The row of each entry of a CSR with `indptr`."""
+    return torch.arange(len(indptr) - 1, device=indptr.device).repeat_interleave(indptr.diff())
+
+
+def dense_rows(indptr, items, num_items):
+    """[rows, num_items] float32: 1 where the row holds the item."""
+    rows = torch.zeros(len(indptr) - 1, num_items, device=items.device)
+    rows[row_ids(indptr), items] = 1.0
+    return rows
+
+
+def distinct_sets(indptr, items, num_items):
+    """(indptr, items) of the same item sets in CSR form, each set's items distinct and sorted."""
+    keys = torch.unique(row_ids(indptr) * num_items + items)
+    indptr = torch.zeros_like(indptr)
+    torch.cumsum(torch.bincount(keys // num_items, minlength=len(indptr) - 1), 0, out=indptr[1:])
+    return indptr, keys % num_items
+
+
+def training_csr(data):
+    """(indptr [num_users + 1], items) of each user's distinct training items, sorted."""
+    indptr = torch.zeros(data.num_users + 1, dtype=torch.int64, device=data.device)
+    torch.cumsum(torch.bincount(data.train_users, minlength=data.num_users), 0, out=indptr[1:])
+    return distinct_sets(indptr, data.train_items, data.num_items)  # train_users is sorted
+
+
+def transpose_csr(indptr, items, num_items):
+    """(indptr [num_items + 1], rows) of the same matrix by item: the rows holding each item, sorted."""
+    keys = torch.sort(items * (len(indptr) - 1) + row_ids(indptr)).values
+    item_indptr = torch.zeros(num_items + 1, dtype=torch.int64, device=items.device)
+    torch.cumsum(torch.bincount(items, minlength=num_items), 0, out=item_indptr[1:])
+    return item_indptr, keys % (len(indptr) - 1)
+
+
+def cooccurrence_blocks(indptr, items, num_items):
+    """(begin, counts [end - begin, num_items]) blocks of C = X^T X, X the binary user x item matrix of the CSR
+    (C[i, j]: the users holding both items i and j), counted from each user's item pairs, a block of items at a
+    time so that neither the pairs (MAX_PAIRS) nor the block (MAX_BLOCK) grow with items^2."""
+    max_rows = max(1, MAX_BLOCK // num_items)
+    num_users = len(indptr) - 1
+    if num_users * num_items <= MAX_BLOCK and num_users * num_items ** 2 <= DENSE_SPEEDUP * int(
+            (indptr.diff() ** 2).sum()):  # a dense product is this much faster per operation than counting pairs
+        matrix = dense_rows(indptr, items, num_items)
+        for begin in range(0, num_items, max_rows):
+            yield begin, matrix[:, begin:begin + max_rows].T @ matrix
+        return
+    item_indptr, item_users = transpose_csr(indptr, items, num_items)
+    per_item = torch.zeros(num_items, dtype=torch.int64, device=items.device)  # pairs of each item's users
+    per_item.index_add_(0, row_ids(item_indptr), indptr.diff()[item_users])
+    pairs = torch.zeros(num_items + 1, dtype=torch.int64, device=items.device)
+    torch.cumsum(per_item, 0, out=pairs[1:])
+    begin = 0
+    while begin < num_items:
+        end = int(torch.searchsorted(pairs, pairs[begin] + MAX_PAIRS, right=True)) - 1
+        end = min(max(end, begin + 1), begin + max_rows, num_items)
+        users = item_users[item_indptr[begin]:item_indptr[end]]
+        block_rows = row_ids(item_indptr[begin:end + 1] - item_indptr[begin])
+        user_indptr, partners = csr_rows(indptr, items, users)
+        keys = block_rows.repeat_interleave(user_indptr.diff()) * num_items + partners
+        counts = torch.zeros((end - begin) * num_items, device=items.device)
+        yield begin, counts.index_add_(0, keys, torch.ones(len(keys), device=items.device)).view(-1, num_items)
+        begin = end
+
+
+# --- the baselines ---
+
+class Baseline(nn.Module):
+    """Scores a user from its training items (kept as a CSR buffer); subclasses give history_scores and may give a
+    faster candidate_scores."""
+
+    def __init__(self, indptr, items, num_items):
+        super().__init__()
+        self.num_items = num_items
+        self.register_buffer("user_indptr", indptr)
+        self.register_buffer("user_items", items)
+
+    def history_scores(self, indptr, items):
+        """Scores [rows, num_items] of every item for any item sets (indptr [rows + 1], items) in CSR form."""
+        return self.all_scores(*distinct_sets(indptr, items, self.num_items))
+
+    def all_scores(self, indptr, items):
+        """history_scores of item sets whose items are distinct and sorted."""
+        raise NotImplementedError
+
+    def candidate_scores(self, indptr, items, candidates):
+        """Scores [rows, candidates] of the items `candidates` [rows, candidates] for distinct, sorted item sets."""
+        return self.all_scores(indptr, items).gather(1, candidates)
+
+    def candidate_scorer(self):
+        """As model.NCF.candidate_scorer: (users [rows], items [rows, candidates] or None) -> scores."""
+        def score_users(users, items=None):
+            indptr, history = csr_rows(self.user_indptr, self.user_items, users)
+            if items is None:
+                return self.all_scores(indptr, history)
+            return self.candidate_scores(indptr, history, items)
+
+        return score_users
+
+
+class Popularity(Baseline):
+    """Most popular: every item scored by the number of users holding it in training, whatever the history."""
+
+    def __init__(self, indptr, items, num_items):
+        super().__init__(indptr, items, num_items)
+        self.register_buffer("counts", torch.bincount(items, minlength=num_items).float())
+
+    def all_scores(self, indptr, items):
+        return self.counts.expand(len(indptr) - 1, -1).clone()
+
+    def candidate_scores(self, indptr, items, candidates):
+        return self.counts[candidates]
+
+
+class ItemKNN(Baseline):
+    """Item-based kNN (Sarwar et al. 2001; the configuration of Dacrema et al. 2019): the similarity of items i and j
+    is the cosine of their user columns with `shrink` added to the denominator, c_ij / (|i| |j| + shrink); each item
+    keeps its `neighbours` most similar items, and a user's score for item j is the sum of j's similarities to the
+    user's items among those neighbours."""
+
+    def __init__(self, indptr, items, num_items, neighbours=100, shrink=10.0):
+        super().__init__(indptr, items, num_items)
+        if neighbours < 1 or shrink < 0:
+            raise ValueError(f"item-kNN: neighbours must be at least 1 and shrink not negative, got {neighbours}, "
+                             f"{shrink}")
+        k = min(neighbours, num_items - 1)
+        norms = torch.bincount(items, minlength=num_items).float().sqrt()
+        neighbour_items = torch.zeros(num_items, k, dtype=torch.int64, device=items.device)
+        weights = torch.zeros(num_items, k, device=items.device)
+        for begin, counts in cooccurrence_blocks(indptr, items, num_items):
+            end = begin + len(counts)
+            similarity = counts.div_(norms[begin:end, None] * norms + shrink + 1e-6)
+            similarity[torch.arange(end - begin), torch.arange(begin, end)] = 0.0  # not its own neighbour
+            top = similarity.topk(k, dim=1)
+            neighbour_items[begin:end], weights[begin:end] = top.indices, top.values
+        self.register_buffer("neighbour_items", neighbour_items)  # [items, k]: row j holds j's neighbours
+        self.register_buffer("weights", weights)
+
+    def all_scores(self, indptr, items):
+        # scores = H W, W[i, j] the similarity of neighbour i of j: as the sparse W^T (j's row: its neighbours) H^T
+        k = self.weights.shape[1]
+        rows = torch.arange(self.num_items, device=items.device).repeat_interleave(k)
+        transposed = torch.sparse_coo_tensor(torch.stack([rows, self.neighbour_items.reshape(-1)]),
+                                             self.weights.reshape(-1), (self.num_items, self.num_items),
+                                             check_invariants=False)
+        return torch.sparse.mm(transposed, dense_rows(indptr, items, self.num_items).T).T.contiguous()
+
+    def candidate_scores(self, indptr, items, candidates):
+        held = dense_rows(indptr, items, self.num_items)
+        neighbours = self.neighbour_items[candidates]  # [rows, candidates, k]
+        inside = held.gather(1, neighbours.reshape(len(held), -1)).view(neighbours.shape)
+        return (self.weights[candidates] * inside).sum(-1)
+
+
+class EASE(Baseline):
+    """EASE^R (Steck 2019): item-item weights B minimising |X - XB|^2 + l2 |B|^2 with a zero diagonal, in closed form:
+    P = (X^T X + l2 I)^-1, B = I - P / diag(P); a user's score for item j is the sum of B[i, j] over its items i."""
+
+    def __init__(self, indptr, items, num_items, l2=500.0):
+        super().__init__(indptr, items, num_items)
+        if not l2 > 0:
+            raise ValueError(f"EASE: l2 must be positive, got {l2}")
+        gram = torch.empty(num_items, num_items, device=items.device)
+        for begin, counts in cooccurrence_blocks(indptr, items, num_items):
+            gram[begin:begin + len(counts)] = counts
+        gram.diagonal().add_(l2)
+        factor = torch.linalg.cholesky(gram)
+        del gram
+        weights = torch.cholesky_inverse(factor)
+        del factor
+        weights.div_(-weights.diagonal()).diagonal().zero_()  # -P / diag(P), its diagonal 0: B off the diagonal
+        self.register_buffer("item_weights", weights)
+
+    def all_scores(self, indptr, items):
+        return dense_rows(indptr, items, self.num_items) @ self.item_weights  # dense: far faster than sparse.mm
+
+    def candidate_scores(self, indptr, items, candidates):
+        rows = row_ids(indptr)
+        pairs = self.item_weights[items[:, None], candidates[rows]]  # [history entries, candidates]
+        return torch.zeros(candidates.shape, device=items.device).index_add_(0, rows, pairs)
+
+
+MODELS = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE}
+
+
+def fit(name, data, **params):
+    """The baseline `name` ("pop", "itemknn" or "ease") fitted on the training pairs of `data` (a dataloader.Data),
+    with `params` (itemknn: neighbours, shrink; ease: l2) over DEFAULTS."""
+    if name not in MODELS:
+        raise ValueError(f"unknown baseline {name!r}: one of {', '.join(NAMES)}")
+    unknown = params.keys() - DEFAULTS[name].keys()
+    if unknown:
+        raise ValueError(f"baseline {name}: unknown parameter(s) {', '.join(sorted(unknown))}")
+    indptr, items = training_csr(data)
+    return MODELS[name](indptr, items, data.num_items, **{**DEFAULTS[name], **params}).eval()
+
+
+# --- tuning on validation data ---
+
+def validation_split(data, seed=0, negatives=99):
+    """`data` with one random training item of each user with at least two held out as its validation item, among
+    `negatives` items drawn uniformly from those outside the user's training items; its training pairs without them.
+    The test set is neither used nor changed."""
+    indptr, items = training_csr(data)
+    generator = torch.Generator().manual_seed(seed)
+    lengths = indptr.diff()
+    users = torch.nonzero(lengths >= 2).squeeze(1)
+    picked = indptr[users] + (torch.rand(len(users), generator=generator) * lengths[users]).long()
+    keep = torch.ones(len(items), dtype=torch.bool)
+    keep[picked] = False
+    sampler = dataclasses.replace(data, forbidden=torch.sort(row_ids(indptr) * data.num_items + items).values)
+    candidates = [items[picked]]
+    for _ in range(negatives):
+        candidates.append(dataloader.sample_negatives(sampler, users, generator))
+    train_users = row_ids(indptr)[keep]
+    return dataclasses.replace(data, train_users=train_users, train_items=items[keep],
+                               val=dataloader.Candidates(users, torch.stack(candidates, 1)))
+
+
+def tune(name, data, k=10, seed=0):
+    """(best parameters, [(parameters, validation HR@k, NDCG@k)]): every cell of GRIDS[name] fitted on the training
+    pairs and scored on the validation items (the split's own, else validation_split's), best by NDCG@k."""
+    from evaluate import score  # evaluate.py's scoring floor may use baselines (continuation), not the reverse
+    tuning = data if data.val is not None else validation_split(data, seed)
+    grid = GRIDS[name]
+    table = []
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values))
+        hr, ndcg = score(fit(name, tuning, **params), tuning, tuning.val, k)
+        print(f"  {name} {params}: validation HR@{k} {hr:.4f} NDCG@{k} {ndcg:.4f}", flush=True)
+        table.append((params, hr, ndcg))
+    return max(table, key=lambda row: row[2])[0], table
+
+
+# --- the command line ---
+
+def build_parser():
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--data_dir", default="data", help="directory holding the split files")
+    p.add_argument("--dataset", default=None, help="split name (default: as main.py: melon, else the sample)")
+    p.add_argument("--model", choices=NAMES, default="itemknn")
+    p.add_argument("--neighbours", type=int, default=None, help=f"item-kNN: neighbours an item keeps "
+                   f"(default {DEFAULTS['itemknn']['neighbours']})")
+    p.add_argument("--shrink", type=float, default=None, help=f"item-kNN: added to the cosine's denominator "
+                   f"(default {DEFAULTS['itemknn']['shrink']:g})")
+    p.add_argument("--l2", type=float, default=None, help=f"EASE: weight decay (default {DEFAULTS['ease']['l2']:g})")
+    p.add_argument("--tune", action="store_true", help="choose the parameters on validation data (see the top)")
+    p.add_argument("--seed", type=int, default=0, help="of the validation items --tune holds out")
+    p.add_argument("--topk", type=int, default=10, help="K of HR@K and NDCG@K")
+    p.add_argument("--eval", choices=["sampled", "full"], default="sampled")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    p.add_argument("--save_dir", default=None, help="where results.json goes (default: a new "
+                   "runs/DATASET/baseline-MODEL-YYYYMMDD-HHMMSS); one that holds results.json is refused")
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    params = {key: getattr(args, key) for key in DEFAULTS[args.model] if getattr(args, key) is not None}
+    for key in ("neighbours", "shrink", "l2"):
+        if getattr(args, key) is not None and key not in DEFAULTS[args.model]:
+            p.error(f"--{key} is not a parameter of --model {args.model}")
+    if args.tune and params:
+        p.error(f"--tune chooses {', '.join('--' + key for key in params)} itself")
+    if (args.neighbours is not None and args.neighbours < 1) or args.topk < 1 or args.threads < 1:
+        p.error("--neighbours, --topk and --threads must be at least 1")
+    if (args.shrink is not None and args.shrink < 0) or (args.l2 is not None and not args.l2 > 0):
+        p.error("--shrink must not be negative and --l2 must be positive")
+    torch.set_num_threads(args.threads)
+    args.dataset = args.dataset or dataloader.default_dataset(args.data_dir)
+    data = dataloader.load(args.data_dir, args.dataset)
+    if args.save_dir:
+        make_dirs(args.save_dir)
+        if os.path.exists(os.path.join(args.save_dir, "results.json")):
+            raise InputError(f"--save_dir {args.save_dir} holds an earlier run's results.json: choose another")
+        save_dir = args.save_dir
+    else:
+        save_dir, _ = new_run_dir(os.path.join("runs", args.dataset, f"baseline-{args.model}"))
+    provenance = run_provenance(args, data.device)
+    started = time.perf_counter()
+    table = None
+    if args.tune and GRIDS[args.model]:
+        params, table = tune(args.model, data, args.topk, args.seed)
+    tune_seconds = time.perf_counter() - started
+    model = fit(args.model, data, **params)
+    fit_seconds = time.perf_counter() - started - tune_seconds
+    from evaluate import score
+    hr, ndcg = score(model, data, data.test, args.topk, args.eval)
+    eval_seconds = time.perf_counter() - started - tune_seconds - fit_seconds
+    results = {"model": args.model, "params": {**DEFAULTS[args.model], **params}, "hr": hr, "ndcg": ndcg,
+               "protocol": args.eval, "selection": None if table is None else "val",
+               "tuning": None if table is None else [{"params": p_, "val_hr": h, "val_ndcg": n} for p_, h, n in table],
+               "tune_seconds": tune_seconds, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds,
+               "config": vars(args), "provenance": provenance}
+    with atomic_open(os.path.join(save_dir, "results.json")) as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {os.path.join(save_dir, 'results.json')}; tuning {tune_seconds:.1f}s, fit {fit_seconds:.1f}s, "
+          f"{args.eval} evaluation {eval_seconds:.1f}s")
+    print(f"{args.model} {results['params']}: HR@{args.topk} {hr:.4f} NDCG@{args.topk} {ndcg:.4f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
