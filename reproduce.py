@@ -1,6 +1,6 @@
 """The README's experiments by name: one source of truth for their commands.
 
-    python3 reproduce.py --list                       # each name, its command, the paper's and the README's figure
+    python3 reproduce.py --list                       # each name, its command, its figures and where they are reported
     python3 reproduce.py table2-neumf-16              # run one; main.py's last line is the result
     python3 reproduce.py ml1m-mf-256 --seed 1 --save_dir runs/mf256-seed1   # extra flags go to its command
 
@@ -8,8 +8,12 @@
 split that split.py makes (Last.fm) makes it first when its files are missing. An experiment scored again
 with full ranking runs evaluate.py on its best.pt after training (in SAVE_DIR, by default
 runs/reproduce/NAME/DATE-TIME).
+
+Where an experiment's figure is reported is read from the documents themselves: every section of README.md,
+RESULTS.md and PERFORMANCE.md that names `reproduce.py NAME` (tests/test_docs.py checks that the figure is there).
 """
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -26,6 +30,7 @@ SPLITS = {  # dataset -> the split.py command that makes it in data/
     "lastfm_val": f"split.py --input {LASTFM} --out_dir data --name lastfm_val --test_item random --val",
     "lastfm": f"split.py --input {LASTFM} --out_dir data --name lastfm",
 }
+DOCS = ("README.md", "RESULTS.md", "PERFORMANCE.md")  # the documents that report figures
 MF = "--model mf --num_neg 8 --batch_size 4096 --lr 3e-3 --no-sparse --epochs 40"
 
 
@@ -33,7 +38,7 @@ MF = "--model mf --num_neg 8 --batch_size 4096 --lr 3e-3 --no-sparse --epochs 40
 class Experiment:
     command: str  # a script of this repository (or -m torch.distributed.run ... main.py) and its flags
     paper: str = ""  # the published figure (HR@10 / NDCG@10), where there is one
-    readme: str = ""  # the figure the README reports
+    readme: str = ""  # the figure the documents report (HR@10 / NDCG@10), in a section that names the experiment
     full_ranking: bool = False  # score best.pt again with evaluate.py --eval full
 
     @property
@@ -45,11 +50,14 @@ class Experiment:
 
 
 def table2(factor, pretrain):
+    ours = {(8, True): "0.6881 / 0.4126", (16, True): "0.6949 / 0.4296", (32, True): "0.6974 / 0.4396",
+            (64, True): "0.7078 / 0.4500", (8, False): "0.6914 / 0.4147", (16, False): "0.6952 / 0.4289",
+            (32, False): "0.6993 / 0.4352", (64, False): "0.7061 / 0.4424"}[factor, pretrain]
     paper = {(8, True): "0.684 / 0.403", (16, True): "0.707 / 0.426", (32, True): "0.726 / 0.445",
              (64, True): "0.730 / 0.447", (8, False): "0.688 / 0.410", (16, False): "0.696 / 0.420",
              (32, False): "0.701 / 0.425", (64, False): "0.705 / 0.426"}[factor, pretrain]
     flags = " --pretrain --finetune_optim sgd --finetune_lr 2" if pretrain else ""
-    return Experiment(f"main.py $ML1M --no-exclude_test_neg --no-sparse --latent_dim_mf {factor}{flags}", paper)
+    return Experiment(f"main.py $ML1M --no-exclude_test_neg --no-sparse --latent_dim_mf {factor}{flags}", paper, ours)
 
 
 LARGE_BATCHES = [  # batch, lr, betas, negatives, dense, README figure: the README's large-batch table
@@ -132,15 +140,45 @@ def dataset_of(argv):
     return values["--data_dir"], values["--dataset"]
 
 
+def doc_sections():
+    """(document, heading, text) of each section of DOCS (a heading and the lines up to the next one)."""
+    sections = []
+    for doc in DOCS:
+        path = os.path.join(ROOT, doc)
+        if not os.path.exists(path):
+            continue
+        heading, text, in_code = doc, [], False
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                in_code ^= line.startswith("```")
+                if line.startswith("#") and not in_code:
+                    sections.append((doc, heading, "".join(text)))
+                    heading, text = line.lstrip("#").strip(), []
+                text.append(line)
+        sections.append((doc, heading, "".join(text)))
+    return sections
+
+
+def cited(text):
+    """The experiment names `text` cites as `reproduce.py NAME`."""
+    return {name.rstrip(".") for name in re.findall(r"reproduce\.py ([a-z0-9][a-z0-9.-]*)", text)}
+
+
 def listing():
+    reported = {}  # name -> ['FILE: section', ...]
+    for doc, heading, text in doc_sections():
+        for name in cited(text):
+            reported.setdefault(name, []).append(f"{doc}: {heading}" if heading != doc else doc)
     lines = []
     for name, experiment in EXPERIMENTS.items():
         lines.append(f"{name}\n    python3 {experiment.command}"
                      + (" (then evaluate.py --eval full on its best.pt)" if experiment.full_ranking else ""))
         figures = [f"paper {experiment.paper}"] if experiment.paper else []
-        figures += [f"README {experiment.readme}"] if experiment.readme else []
+        figures += [f"ours {experiment.readme}"] if experiment.readme else []
         if figures:
             lines.append("    " + "; ".join(figures))
+        if name in reported:
+            lines.append("    reported in " + "; ".join(reported[name]))
     return "\n".join(lines)
 
 
