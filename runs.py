@@ -45,6 +45,19 @@ def save_checkpoint(path, state):
         torch.save(state, tmp)
 
 
+def compact(state):
+    """`state` (dicts, lists and tuples of tensors and other values) with each tensor replaced by a contiguous copy
+    of its own: torch.save writes the whole storage behind a view (the model's weights are views into the training
+    step's packed buffers, Adam's moments beside them), so a checkpoint of views would hold every buffer."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone(memory_format=torch.contiguous_format)
+    if isinstance(state, dict):
+        return {key: compact(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(compact(value) for value in state)
+    return state
+
+
 def load_checkpoint(path, device="cpu"):
     """A checkpoint written by main.py, loaded with weights_only=True; a one-line error if it is missing or corrupt."""
     if not os.path.exists(path):
