@@ -12,6 +12,7 @@ runs/reproduce/NAME/DATE-TIME).
 Where an experiment's figure is reported is read from the documents themselves: every section of README.md,
 RESULTS.md and PERFORMANCE.md that names `reproduce.py NAME` (tests/test_docs.py checks that the figure is there).
 """
+import argparse
 import os
 import re
 import shlex
@@ -20,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from utils import Parser, run_cli
+from utils import PINNED_NUMERICS, Parser, run_cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the commands run here
 ML1M = "--data_dir ../shared/data/ncf-ml-1m --dataset ml-1m"
@@ -190,25 +191,30 @@ def listing():
     return "\n".join(lines)
 
 
-def run(name, extra, save_dir):
-    """Run experiment `name` with `extra` flags appended; returns the exit status of the first command that fails."""
+def run(name, extra, save_dir, pin=True):
+    """Run experiment `name` with `extra` flags appended; returns the exit status of the first command that fails.
+    With `pin`, its commands run with PINNED_NUMERICS in their environment."""
+    env = dict(os.environ, **PINNED_NUMERICS) if pin else None
+    print("pinned: " + " ".join(f"{k}={v}" for k, v in PINNED_NUMERICS.items()) if pin else "not pinned", flush=True)
     experiment = EXPERIMENTS[name]
     argv = experiment.argv() + extra
     data_dir, dataset = dataset_of(argv)
     if dataset in SPLITS and data_dir == "data" and not os.path.exists(os.path.join(ROOT, "data", f"{dataset}.train.rating")):
-        status = command([sys.executable, *shlex.split(SPLITS[dataset])])
+        status = command([sys.executable, *shlex.split(SPLITS[dataset])], env)
         if status:
             return status
     save_dir = save_dir or os.path.join(ROOT, "runs", "reproduce", name, time.strftime("%Y%m%d-%H%M%S"))
-    status = command([sys.executable, *argv, "--out_dir" if experiment.script == "grid.py" else "--save_dir", save_dir])
+    status = command([sys.executable, *argv, "--out_dir" if experiment.script == "grid.py" else "--save_dir", save_dir],
+                     env)
     if status or not experiment.full_ranking:
         return status
-    return command([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"), "--eval", "full"])
+    return command([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"), "--eval", "full"],
+                   env)
 
 
-def command(argv):
+def command(argv, env=None):
     print("$ python3 " + shlex.join(argv[1:]), flush=True)
-    return subprocess.run(argv, cwd=ROOT).returncode
+    return subprocess.run(argv, cwd=ROOT, env=env).returncode
 
 
 def main():
@@ -216,12 +222,16 @@ def main():
     parser.add_argument("name", nargs="?", choices=EXPERIMENTS, metavar="NAME", help="the experiment to run")
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--save_dir", default=None, help="where its run goes (default: runs/reproduce/NAME/DATE-TIME)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help="run with the floating-point code paths pinned (" + " ".join(
+                            f"{k}={v}" for k, v in PINNED_NUMERICS.items()) + "), so that the figures are the same "
+                        "on any x86-64 machine with AVX2; --no-pin: this machine's own")
     args, extra = parser.parse_known_args()
     if args.list:
         return print(listing())
     if args.name is None:
         parser.error("name an experiment (python3 reproduce.py --list shows them)")
-    sys.exit(run(args.name, extra, args.save_dir))
+    sys.exit(run(args.name, extra, args.save_dir, args.pin))
 
 
 if __name__ == "__main__":

@@ -157,10 +157,13 @@ def run_provenance(args, device):
     record = code_provenance(device)
     record["split_files"] = fingerprint(args.data_dir, args.dataset)
     record["split_sha256"] = hashlib.sha256(json.dumps(record["split_files"], sort_keys=True).encode()).hexdigest()
+    record["threads"] = args.threads
     commit = record["git_commit"][:10] + (" with uncommitted changes" if record["git_dirty"] else "") \
         if record["git_commit"] else "unknown (not a git checkout)"
+    pinned = " ".join(f"{name}={value}" for name, value in record["pinned"].items()) or "not pinned"
     print(f"code {commit}; Python {record['python']}, torch {record['torch']}, numpy {record['numpy']}, "
-          f"CUDA {record['cuda'] or 'none'}; device {record['device']} ({record['device_name']}); "
+          f"CUDA {record['cuda'] or 'none'}; device {record['device']} ({record['device_name']}); CPU "
+          f"{record['cpu_capability']}, BLAS {record['blas']}, {args.threads} thread(s), {pinned}; "
           f"split {args.dataset} sha256 {record['split_sha256'][:12]}", flush=True)
     return record
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import baselines
 import dataloader
 import evaluate as evaluate_cli
 import grid
@@ -40,7 +41,8 @@ def in_process(argv, monkeypatch):
         return subprocess.run(argv, cwd=REPO).returncode
     script, flags = argv[1], argv[2:]
     monkeypatch.setattr(sys, "argv", [script, *flags])
-    entry = {"main.py": lambda: main.main(flags), "grid.py": grid.run_grid, "evaluate.py": evaluate_cli.main}[script]
+    entry = {"main.py": lambda: main.main(flags), "grid.py": grid.run_grid, "evaluate.py": evaluate_cli.main,
+             "baselines.py": lambda: baselines.main(flags)}[script]
     try:
         run_cli(entry)
     except SystemExit as e:
@@ -52,13 +54,15 @@ def in_process(argv, monkeypatch):
 def test_each_experiment_runs_its_command(name, tiny_split, tmp_path, monkeypatch):
     """On the tiny split, one epoch (the grid: one epoch a cell), with full ranking afterwards where it has it."""
     data_dir, _ = tiny_split
-    monkeypatch.setattr(reproduce, "command", lambda argv: in_process(argv, monkeypatch))
+    monkeypatch.setattr(reproduce, "command", lambda argv, env=None: in_process(argv, monkeypatch))
     experiment = reproduce.EXPERIMENTS[name]
     flags = [data_dir if f is None else f for f in TINY_RUN]
     if "--pretrain" not in experiment.command:
         flags = flags[:-2]
     if experiment.script == "grid.py":
         flags = ["--data_dir", data_dir, "--dataset", "tiny", "--epochs", "1", "--gpu", "cpu"]
+    if experiment.script == "baselines.py":
+        flags = ["--data_dir", data_dir, "--dataset", "tiny"]
     save_dir = str(tmp_path / "run")
     assert reproduce.run(name, flags, save_dir) == 0
     assert os.path.exists(os.path.join(save_dir, "results.md" if experiment.script == "grid.py" else "results.json"))
@@ -66,7 +70,7 @@ def test_each_experiment_runs_its_command(name, tiny_split, tmp_path, monkeypatc
 
 def test_a_missing_lastfm_split_is_made_first(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(reproduce, "command", lambda argv: calls.append(argv[1:]) or 0)
+    monkeypatch.setattr(reproduce, "command", lambda argv, env=None: calls.append(argv[1:]) or 0)
     monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))  # no data/ there
     assert reproduce.run("lastfm-neumf", [], str(tmp_path)) == 0
     assert calls[0] == reproduce.SPLITS["lastfm_random"].split()
