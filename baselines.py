@@ -301,7 +301,7 @@ def build_parser():
     p.add_argument("--eval", choices=["sampled", "full"], default="sampled")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--save_dir", default=None, help="where results.json goes (default: a new "
-                   "runs/DATASET/baseline-MODEL-YYYYMMDD-HHMMSS); one that holds results.json is refused")
+                   "runs/DATASET/baseline-MODEL/YYYYMMDD-HHMMSS); one that holds results.json is refused")
     return p
 
 
