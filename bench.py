@@ -7,6 +7,7 @@ sampled and full-ranking evaluation time, and peak memory. By default on a Melon
     python3 bench.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m --per_sample_steps 1000   # and a
                                                             # per-sample DataLoader pipeline for comparison
     python3 bench.py --gpu 0 --amp --batch_size 1048576 --json bench.json
+    python3 bench.py --data_dir DIR --dataset NAME --startup 5   # and main.py's start-up overhead, best of 5
 
 Every main.py flag (--gpu, --batch_size, --latent_dim_mf, --num_layers, --num_neg, --sparse, --threads, --amp,
 ...) configures the run; the figures time main.py's own functions.
@@ -15,6 +16,9 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -78,19 +82,58 @@ def per_sample_pipeline(data, args, steps):
     return done / (time.perf_counter() - started)
 
 
-def bench():
+def startup_seconds(main_argv, runs):
+    """main.py's start-up overhead: the wall time of `python3 main.py MAIN_ARGV --epochs 1` minus the training and
+    evaluation seconds its results.json records, minus the wall time of `python3 -c "import torch"`, each the
+    best of `runs` processes: (start-up seconds, import torch seconds)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def wall(command):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, *command], cwd=here, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    overheads, imports = [], []
+    with tempfile.TemporaryDirectory() as runs_dir:
+        for run in range(runs):
+            save_dir = os.path.join(runs_dir, str(run))
+            seconds = wall(["main.py", *main_argv, "--epochs", "1", "--save_dir", save_dir])
+            with open(os.path.join(save_dir, "results.json")) as f:
+                epoch = json.load(f)["history"][0]
+            overheads.append(seconds - epoch["train_seconds"] - epoch["eval_seconds"])
+            imports.append(wall(["-c", "import torch"]))
+    return min(overheads) - min(imports), min(imports)
+
+
+def parse_flags():
+    """(bench.py's own flags, main.py's arguments). --help shows bench.py's flags, then main.py's."""
     parser = Parser(description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("-h", "--help", action="store_true", help="show bench.py's flags, then main.py's, and exit")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--full_users", type=int, default=1000,
                         help="users to time full-ranking evaluation on (the total is extrapolated)")
     parser.add_argument("--per_sample_steps", type=int, default=0,
                         help="also time this many batches of a per-sample DataLoader pipeline, for comparison")
+    parser.add_argument("--startup", type=int, default=0,
+                        help="also measure main.py's start-up overhead (the process minus its training, evaluation "
+                             "and `import torch`), the best of this many runs of --epochs 1")
     own, rest = parser.parse_known_args()
-    defaults = ["--data_dir", "data/bench", "--dataset", "melon_syn", "--wandb", "disabled"]
-    args = main.parse_args(defaults + rest)
-    for flag in ("full_users", "per_sample_steps"):
+    if own.help:
+        main_parser = main.build_parser()
+        main_parser.prog = "main.py"
+        print(parser.format_help() + "\nEvery other flag goes to main.py, whose own help follows.\n\n"
+              + main_parser.format_help(), end="")
+        sys.exit(0)
+    for flag in ("full_users", "per_sample_steps", "startup"):
         if getattr(own, flag) < 0:
             parser.error(f"--{flag} must not be negative, got {getattr(own, flag)}")
+    return own, rest
+
+
+def bench():
+    own, rest = parse_flags()
+    defaults = ["--data_dir", "data/bench", "--dataset", "melon_syn", "--wandb", "disabled"]
+    args = main.parse_args(defaults + rest)
     ctx = distributed.setup(args.gpu)  # one process: bench.py is not started by torchrun
     device = ctx.device
     torch.set_num_threads(args.threads)
@@ -128,6 +171,8 @@ def bench():
     if own.per_sample_steps:
         figures["per_sample_pipeline_samples_per_second"] = per_sample_pipeline(data, args, own.per_sample_steps)
     figures["peak_rss_gib"] = peak_rss_gib()
+    if own.startup:
+        figures["startup_seconds"], figures["import_torch_seconds"] = startup_seconds(defaults + rest, own.startup)
     if device.type == "cuda":
         figures["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from utils import resolve_device, run_cli
+from utils import exit_status, resolve_device, run_cli
 
 
 @dataclass
@@ -193,9 +193,7 @@ def run_process(main):
         run_cli(main)
         status = 0
     except SystemExit as e:
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-        status = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        status = exit_status(e)
     except KeyboardInterrupt:
         status = 128 + signal.SIGINT
     except BaseException:

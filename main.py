@@ -22,7 +22,7 @@ import torch
 import dataloader
 import distributed
 from evaluate import item_names, recommend, score
-from model import MODELS, build_model, load_pretrained
+from model import MODELS, build_model, load_pretrained, model_size
 from optim import OPTIMIZERS, make_step, uses_sparse_updates
 from runs import (RESUMABLE_FLAGS, SaveDir, check_split_unchanged, compact, load_checkpoint,
                   load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint)
@@ -168,20 +168,16 @@ def write_results_md(path, args, history, best, selection, columns, recommendati
 
 def check_memory(args, data, device):
     """A one-line error naming the flag to lower when training would need more memory than `device` has left
-    (estimated from a model built on the meta device, the epoch's samples and a batch's activations)."""
+    (estimated by arithmetic from the model's size, the epoch's samples and a batch's activations)."""
     factor = f"--latent_dim_mf {args.latent_dim_mf}" + (f" --num_layers {args.num_layers}"
                                                         if args.model in ("mlp", "neumf") else "")
     lower = "lower --latent_dim_mf" + (" or --num_layers" if args.model in ("mlp", "neumf") else "")
     try:
-        with torch.device("meta"):
-            model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model)
-    except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as e:
+        params, width = model_size(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model)
+    except OverflowError as e:
         reason = f"MLP embeddings of {args.latent_dim_mf * 2 ** (args.num_layers - 1):.3g} values a row" \
             if args.model in ("mlp", "neumf") else one_line(e)
         raise InputError(f"{factor}: no model of this size can be built ({reason}); {lower}") from None
-    params = sum(p.numel() for p in model.parameters())
-    width = sum(m.embedding_dim if isinstance(m, torch.nn.Embedding) else m.out_features
-                for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.Linear)))
     samples = epoch_size(data, args)
     parts = {"model": params * 16, "samples": samples * SAMPLE_BYTES,  # weights, gradients, Adam's two moments
              "batch": min(args.batch_size, samples) * width * 4 * 3}  # activations, kept for backward, gradients

@@ -114,6 +114,26 @@ def build_model(num_users, num_items, factor=8, num_layers=3, model="neumf", spa
     return NCF(num_users, num_items, factor, num_layers, model, sparse)
 
 
+def model_size(num_users, num_items, factor=8, num_layers=3, model="neumf"):
+    """(parameters, width) of the model build_model makes, by arithmetic alone (nothing is built or allocated):
+    width is the values one sample's forward pass produces (its embedding rows and every layer's outputs).
+    OverflowError when a tensor would have more elements than torch can index (2^63)."""
+    embedding_dims = {"mf": [factor, factor, 1, 1], "gmf": [factor, factor]}.get(model, [])
+    layer_shapes = []  # (in, out) of each Linear
+    if model in ("mlp", "neumf"):
+        widths = [factor * 2 ** (num_layers - i) for i in range(num_layers + 1)]
+        embedding_dims = ([factor, factor] if model == "neumf" else []) + [widths[1], widths[1]]
+        layer_shapes = list(zip(widths[:-1], widths[1:]))
+    if model != "mf":
+        layer_shapes.append((factor * (2 if model == "neumf" else 1), 1))
+    tables = [(num_users if i % 2 == 0 else num_items) * dim for i, dim in enumerate(embedding_dims)]
+    weights = [n_in * n_out for n_in, n_out in layer_shapes]
+    if max(tables + weights) >= 2 ** 63:
+        raise OverflowError(f"a tensor of {max(tables + weights):.3g} elements")
+    params = sum(tables) + sum(weights) + sum(n_out for _, n_out in layer_shapes) + (model == "mf")
+    return params, sum(embedding_dims) + sum(n_out for _, n_out in layer_shapes)
+
+
 def init_embeddings(model):
     """N(0, 0.01) embeddings, as the NCF paper's code; biases (embeddings of width 1) start at zero."""
     for embedding in model.embeddings():

@@ -1,9 +1,10 @@
 """The training step: forward, loss, gradients and the optimizer update of one batch.
 
-FusedStep is the fast step for Adam and SGD: the model's four embedding tables become column blocks of one
-table (a user's row [GMF | MLP] or [GMF | bias], an item's row the reverse, so the two rows of a (user, item)
-pair read as one hold the MLP input [user MLP, item MLP] contiguously) and its dense parameters views of one
-flat buffer; the gradients of GMF, MLP, NeuMF and MF are derived by hand (model.py's forward is the definition
+FusedStep is the fast step for Adam and SGD: the model's embedding tables become column blocks of one packed
+buffer (PackedTables: a user's row [GMF | MLP] or [GMF | bias], an item's row the reverse, so the two rows of a
+(user, item) pair read as one hold the MLP input [user MLP, item MLP] contiguously; the weights and both Adam
+moments side by side) and its dense parameters views of one flat buffer (DenseParameters); the gradients of
+GMF, MLP, NeuMF and MF are derived by hand (mf_gradients, ncf_gradients; model.py's forward is the definition
 they are tested against), and the update is a handful of operations on the batch's unique rows (lazy: rows
 outside the batch untouched) or on the whole table (dense, the seed's update), plus one on the flat buffer.
 AutogradStep is the plain path (autograd through model.py and a torch.optim optimizer, with LazyAdam for
@@ -24,136 +25,198 @@ def adam_(weights, grads, exp_avgs, exp_avg_sqs, step, lr, betas, eps, l2=0.0):
                        beta2=betas[1], weight_decay=l2, eps=eps, amsgrad=False, maximize=False)
 
 
-def embedding_parts(model):
-    """The model's embedding modules of each side in the packed row's column order."""
-    user = [getattr(model, name) for name in ("user_gmf", "user_mlp", "user_bias") if hasattr(model, name)]
-    item = [getattr(model, name) for name in ("item_bias", "item_mlp", "item_gmf") if hasattr(model, name)]
-    return user, item
+USER_TABLES = ("user_gmf", "user_mlp", "user_bias")  # a user's packed row, in column order (those the model has)
+ITEM_TABLES = ("item_bias", "item_mlp", "item_gmf")  # an item's: the reverse, so that a pair's MLP input is contiguous
+
+
+class PackedTables:
+    """The model's embedding tables packed into one buffer [planes, rows, width]: rows 0 .. num_users - 1 are the
+    users', the others the items'; a user's row holds its tables side by side in USER_TABLES order, an item's in
+    ITEM_TABLES order, so that the rows of a (user, item) pair read as one "pair row" hold [user GMF | user MLP,
+    item MLP | item GMF] (MF: [user GMF | user bias, item bias | item GMF]). Plane 0 holds the weights; for Adam,
+    planes 1 and 2 the first and second moments, so that gathering a row gathers all three."""
+
+    def __init__(self, model, planes, device):
+        user = [(name, getattr(model, name)) for name in USER_TABLES if hasattr(model, name)]
+        item = [(name, getattr(model, name)) for name in ITEM_TABLES if hasattr(model, name)]
+        self.num_users = user[0][1].num_embeddings
+        self.width = sum(module.embedding_dim for _, module in user)
+        self.buffer = torch.zeros(planes, self.num_users + item[0][1].num_embeddings, self.width, device=device)
+        self.weights, self.moments = self.buffer[0], self.buffer[1:]  # moments: [exp_avg, exp_avg_sq] or empty
+        self.rows, self.columns, self.pair = {}, {}, {}  # table -> its rows; its columns in a row; in a pair row
+        for side, tables, offset in ((slice(0, self.num_users), user, 0),
+                                     (slice(self.num_users, None), item, self.width)):  # offset: in a pair row
+            column = 0
+            for name, module in tables:
+                self.rows[name], self.columns[name] = side, slice(column, column + module.embedding_dim)
+                self.pair[name] = slice(offset + column, offset + column + module.embedding_dim)
+                column += module.embedding_dim
+        if "user_mlp" in self.pair:
+            self.pair["mlp_input"] = slice(self.pair["user_mlp"].start, self.pair["item_mlp"].stop)
+        for name, module in user + item:  # the model's tables become views of the weights
+            self.table(name).copy_(module.weight.detach())
+            module.weight.data = self.table(name)
+
+    def table(self, name, plane=0):
+        """Table `name` in plane `plane` (0: weights, 1 and 2: Adam's moments), a view of the buffer."""
+        return self.buffer[plane, self.rows[name], self.columns[name]]
+
+    def pair_rows(self, users, items):
+        """The packed rows' ids of each (user, item) pair, user then item: [2 * batch]."""
+        return torch.stack([users, items + self.num_users], dim=1).view(-1)
+
+    def in_pair(self, pairs, name):
+        """Table `name`'s columns of pair rows [batch, 2 * width]."""
+        return pairs[:, self.pair[name]]
+
+    def pair_gradient(self, grads):
+        """Pair rows' gradient [batch, 2 * width] from {table or "mlp_input": its gradient}, which cover the row."""
+        parts = [grads[name] for name in sorted(grads, key=lambda name: self.pair[name].start)]
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+
+class DenseParameters:
+    """The model's other parameters (MLP layers, output layer, biases) as views of one flat buffer, with their
+    gradients and Adam's moments in flat buffers of the same layout: one all-reduce, one fused update for all."""
+
+    def __init__(self, model, embeddings):
+        params = [p for p in model.parameters() if all(p is not e.weight for e in embeddings)]
+        self.values = torch.cat([p.detach().reshape(-1) for p in params])
+        self.grad = torch.zeros_like(self.values)
+        self.moments = torch.zeros(2, len(self.values), device=self.values.device)
+        self.views, self.grads, offset = {}, {}, 0  # parameter -> plain tensors (no autograd) on the flat buffers
+        for p in params:
+            self.views[p] = self.values[offset:offset + p.numel()].view_as(p)
+            self.grads[p] = self.grad[offset:offset + p.numel()].view_as(p)
+            p.data = self.views[p]
+            offset += p.numel()
+        layers = [m for m in model.mlp if isinstance(m, torch.nn.Linear)] if hasattr(model, "mlp") else []
+        self.linears = [(self.views[m.weight], self.views[m.bias]) for m in layers]
+        self.linear_grads = [(self.grads[m.weight], self.grads[m.bias]) for m in layers]
+        bias = model.bias if model.model == "mf" else model.predict.bias
+        self.bias, self.bias_grad = self.views[bias], self.grads[bias]
+        if model.model != "mf":  # the output layer's weight, as a vector
+            self.predict, self.predict_grad = self.views[model.predict.weight][0], self.grads[model.predict.weight][0]
+
+
+# --- the gradients of each model, derived by hand (model.py's forward is what they are tested against) ---
+
+def logit_gradient(logits, labels, scale):
+    """(summed log loss, d loss / d logits): BCE-with-logits' gradient is sigmoid(logit) - label, each sample's
+    loss weighed by `scale`. Overwrites `logits`."""
+    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+    return loss, (logits.sigmoid_() - labels).mul_(scale)
+
+
+def mf_gradients(tables, dense, pairs, labels, scale):
+    """MF: logit = user . item + user bias + item bias + bias. d logit / d user = item (and the reverse), 1 for the
+    biases."""
+    user, item = tables.in_pair(pairs, "user_gmf"), tables.in_pair(pairs, "item_gmf")
+    logits = (user * item).sum(1).add_(tables.in_pair(pairs, "user_bias")[:, 0]) \
+        .add_(tables.in_pair(pairs, "item_bias")[:, 0]).add_(dense.bias)
+    loss, d_logits = logit_gradient(logits, labels, scale)
+    torch.sum(d_logits, 0, keepdim=True, out=dense.bias_grad)
+    d_logits = d_logits[:, None]
+    return tables.pair_gradient({"user_gmf": d_logits * item, "user_bias": d_logits, "item_bias": d_logits,
+                                 "item_gmf": d_logits * user}), loss
+
+
+def mlp_forward(linears, mlp_input):
+    """The MLP tower's activations: [input, after layer 1, ..., after layer L] (Linear then ReLU each)."""
+    hidden = [mlp_input]
+    for weight, bias in linears:
+        hidden.append(torch.addmm(bias, hidden[-1], weight.t()).relu_())
+    return hidden
+
+
+def mlp_backward(dense, hidden, d_output):
+    """d loss / d MLP input from d loss / d the tower's output, writing each layer's weight and bias gradients:
+    through ReLU (zero where its output is), then d weight = d out^T . in, d bias = sum d out, d in = d out . W."""
+    d_hidden = d_output
+    for (weight, _), (weight_grad, bias_grad), below, above in zip(
+            reversed(dense.linears), reversed(dense.linear_grads), reversed(hidden[:-1]), reversed(hidden[1:])):
+        d_hidden = torch.ops.aten.threshold_backward(d_hidden, above, 0)
+        torch.mm(d_hidden.t(), below, out=weight_grad)
+        torch.sum(d_hidden, 0, out=bias_grad)
+        d_hidden = d_hidden @ weight
+    return d_hidden
+
+
+def ncf_gradients(tables, dense, pairs, labels, scale):
+    """GMF, MLP or NeuMF: logit = predict . [user GMF * item GMF, MLP tower output] + bias (the parts the model
+    has). The output layer's gradient is d logit . its input; its input's, d logit * predict, split between the
+    GMF product (whose gradient is the other side's embedding) and the MLP tower (mlp_backward)."""
+    parts, gmf_width = [], 0
+    if "user_gmf" in tables.pair:
+        user, item = tables.in_pair(pairs, "user_gmf"), tables.in_pair(pairs, "item_gmf")
+        parts.append(user * item)
+        gmf_width = user.shape[1]
+    if "mlp_input" in tables.pair:
+        hidden = mlp_forward(dense.linears, tables.in_pair(pairs, "mlp_input"))
+        parts.append(hidden[-1])
+    last = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+    loss, d_logits = logit_gradient(torch.mv(last, dense.predict).add_(dense.bias), labels, scale)
+    torch.mv(last.t(), d_logits, out=dense.predict_grad)
+    torch.sum(d_logits, 0, keepdim=True, out=dense.bias_grad)
+    d_last = torch.outer(d_logits, dense.predict)
+    grads = {}
+    if gmf_width:
+        d_product = d_last[:, :gmf_width]
+        grads.update(user_gmf=d_product * item, item_gmf=d_product * user)
+    if "mlp_input" in tables.pair:
+        grads["mlp_input"] = mlp_backward(dense, hidden, d_last[:, gmf_width:])
+    return tables.pair_gradient(grads), loss
 
 
 class FusedStep:
     """Adam (lazy on embedding rows when `sparse`, else torch.optim.Adam's dense update) or plain SGD, with weight
     decay `l2` (dense only), for an NCF or MF model of model.py; ctx: a distributed.Context (gradients summed over
-    its ranks). Rebinds the model's parameters to views of its own storage: build it after moving the model."""
+    its ranks). Rebinds the model's parameters to views of its own storage (PackedTables, DenseParameters): build
+    it after moving the model."""
 
     def __init__(self, model, optim="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, l2=0.0, sparse=True, ctx=None,
                  batch_size=None):
         if optim not in FUSED_OPTIMIZERS or (sparse and l2):
             raise ValueError(f"FusedStep: --optim {optim} with --l2 {l2} and sparse={sparse} is not supported")
-        self.model, self.optim, self.lr, self.betas, self.eps, self.l2, self.sparse = \
-            model, optim, lr, betas, eps, l2, sparse
+        self.optim, self.lr, self.betas, self.eps, self.l2, self.sparse = optim, lr, betas, eps, l2, sparse
         self.ctx = ctx
         self.max_shard_rows = 2 * -(-batch_size // ctx.world_size) if ctx is not None and ctx.world_size > 1 else 0
-        user_parts, item_parts = embedding_parts(model)
-        self.num_users, self.width = user_parts[0].num_embeddings, sum(m.embedding_dim for m in user_parts)
-        self.kind = model.model  # gmf, mlp, neumf or mf
-        self.use_gmf, self.use_mlp = hasattr(model, "user_gmf"), hasattr(model, "mlp")  # MF: the GMF tables
-        self.factor = model.user_gmf.embedding_dim if self.use_gmf else 0
         device = next(model.parameters()).device
-        rows = self.num_users + item_parts[0].num_embeddings
-        # Planes: the table of weights, then (Adam) the two moments, so that a row's three are gathered at once.
-        self.planes = torch.zeros(3 if optim == "adam" else 1, rows, self.width, device=device)
-        self.table = self.planes[0]
-        for side, parts in ((slice(0, self.num_users), user_parts), (slice(self.num_users, None), item_parts)):
-            column = 0
-            for module in parts:
-                view = self.table[side, column:column + module.embedding_dim]
-                view.copy_(module.weight.detach())
-                module.weight.data = view
-                column += module.embedding_dim
-        embeddings = {id(m.weight) for m in user_parts + item_parts}
-        self.dense_params = [p for p in model.parameters() if id(p) not in embeddings]
-        self.flat = torch.cat([p.detach().reshape(-1) for p in self.dense_params])
-        self.flat_grad = torch.zeros_like(self.flat)
-        values, self.grads, offset = {}, {}, 0  # plain tensors (no autograd) sharing each dense parameter's memory
-        for p in self.dense_params:
-            values[p] = self.flat[offset:offset + p.numel()].view_as(p)
-            self.grads[p] = self.flat_grad[offset:offset + p.numel()].view_as(p)
-            p.data = values[p]
-            offset += p.numel()
-        linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)] if self.use_mlp else []
-        self.linears = [(values[m.weight], values[m.bias]) for m in linears]
-        self.linear_grads = [(self.grads[m.weight], self.grads[m.bias]) for m in linears]
-        if self.kind == "mf":
-            self.bias, self.bias_grad = values[model.bias], self.grads[model.bias]
-        else:
-            self.predict, self.predict_grad = values[model.predict.weight][0], self.grads[model.predict.weight][0]
-            self.bias, self.bias_grad = values[model.predict.bias], self.grads[model.predict.bias]
-        self.flat_moments = torch.zeros(2, len(self.flat), device=device)
+        self.tables = PackedTables(model, 3 if optim == "adam" else 1, device)
+        self.dense = DenseParameters(model, [getattr(model, name) for name in self.tables.rows])
+        self.gradients = mf_gradients if model.model == "mf" else ncf_gradients
+        rows = len(self.tables.weights)
         self.slots = torch.zeros(rows, dtype=torch.int64, device=device)  # scratch space of unique_rows
-        self.table_grad = None if sparse else torch.zeros_like(self.table)  # the dense update's gradient
+        self.table_grad = None if sparse else torch.zeros_like(self.tables.weights)  # the dense update's gradient
         self.positions = torch.arange(0, device=device)
         self.step = torch.zeros((), device=device)
         if ctx is not None and ctx.world_size > 1:
-            ctx.broadcast_(self.table)
-            ctx.broadcast_(self.flat)
+            ctx.broadcast_(self.tables.weights)
+            ctx.broadcast_(self.dense.values)
 
     def state_dict(self):
-        return {"step": self.step, "moments": self.planes[1:], "flat_moments": self.flat_moments}
+        return {"step": self.step, "moments": self.tables.moments, "flat_moments": self.dense.moments}
 
     def load_state_dict(self, state):
         if not isinstance(state, dict) or state.keys() != {"step", "moments", "flat_moments"} \
-                or state["moments"].shape != self.planes[1:].shape:
+                or state["moments"].shape != self.tables.moments.shape:
             raise ValueError("not the optimizer state of this fused step")
         self.step.copy_(state["step"])
-        self.planes[1:].copy_(state["moments"])
-        self.flat_moments.copy_(state["flat_moments"])
+        self.tables.moments.copy_(state["moments"])
+        self.dense.moments.copy_(state["flat_moments"])
 
     def __call__(self, users, items, labels, scale):
         """Train on one batch; `scale` weighs each sample's loss (1 / the global batch). Returns the batch's
         summed loss (a 0-d tensor)."""
-        ids = torch.stack([users, items + self.num_users], dim=1).view(-1)
-        row_grads, loss = self.gradients(self.table.index_select(0, ids).view(len(users), 2 * self.width),
-                                         labels, scale)
-        row_grads = row_grads.view(-1, self.width)
+        ids = self.tables.pair_rows(users, items)
+        pairs = self.tables.weights.index_select(0, ids).view(len(users), 2 * self.tables.width)
+        row_grads, loss = self.gradients(self.tables, self.dense, pairs, labels, scale)
+        row_grads = row_grads.view(-1, self.tables.width)
         if self.ctx is not None and self.ctx.world_size > 1:
-            self.ctx.sum_(self.flat_grad)
+            self.ctx.sum_(self.dense.grad)
             ids, row_grads = self.ctx.gather_sparse_rows(ids, row_grads, self.max_shard_rows)
         self.update(ids, row_grads)
         return loss
-
-    def gradients(self, pairs, labels, scale):
-        """(d loss / d pairs, summed loss) for pairs [batch, 2 * width] (a user's row, then its item's row); the
-        dense parameters' gradients are written to self.flat_grad."""
-        factor, width = self.factor, self.width
-        if self.kind == "mf":
-            user, item = pairs[:, :factor], pairs[:, factor + 2:]
-            logits = (user * item).sum(1).add_(pairs[:, factor]).add_(pairs[:, factor + 1]).add_(self.bias)
-            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-            d_logits = (logits.sigmoid_() - labels).mul_(scale)
-            torch.sum(d_logits, 0, keepdim=True, out=self.bias_grad)
-            d_logits = d_logits[:, None]
-            return torch.cat([d_logits * item, d_logits, d_logits, d_logits * user], 1), loss
-        parts = []
-        if self.use_gmf:
-            user, item = pairs[:, :factor], pairs[:, 2 * width - factor:]
-            parts.append(user * item)
-        if self.use_mlp:
-            hidden = [pairs[:, factor:2 * width - factor]]
-            for weight, bias in self.linears:
-                hidden.append(torch.addmm(bias, hidden[-1], weight.t()).relu_())
-            parts.append(hidden[-1])
-        last = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-        logits = torch.mv(last, self.predict).add_(self.bias)
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-        d_logits = (logits.sigmoid_() - labels).mul_(scale)
-        torch.mv(last.t(), d_logits, out=self.predict_grad)
-        torch.sum(d_logits, 0, keepdim=True, out=self.bias_grad)
-        d_last = torch.outer(d_logits, self.predict)
-        if not self.use_mlp:
-            d_product = d_last
-            return torch.cat([d_product * item, d_product * user], 1), loss
-        d_hidden = d_last[:, factor:]
-        for (weight, _), (weight_grad, bias_grad), below, above in zip(
-                reversed(self.linears), reversed(self.linear_grads), reversed(hidden[:-1]), reversed(hidden[1:])):
-            d_hidden = torch.ops.aten.threshold_backward(d_hidden, above, 0)
-            torch.mm(d_hidden.t(), below, out=weight_grad)
-            torch.sum(d_hidden, 0, out=bias_grad)
-            d_hidden = d_hidden @ weight
-        if not self.use_gmf:
-            return d_hidden, loss
-        d_product = d_last[:, :factor]
-        return torch.cat([d_product * item, d_hidden, d_product * user], 1), loss
 
     def unique_rows(self, ids):
         """(rows, inverse) with rows[inverse] == ids and rows unique, in no particular order: like torch.unique,
@@ -168,28 +231,44 @@ class FusedStep:
         return ids[is_first], (is_first.cumsum(0) - 1)[representative]
 
     def update(self, ids, row_grads):
-        """The optimizer step of the table (rows `ids` with gradients `row_grads`, repeats summed) and the flat
-        buffer (gradient in self.flat_grad)."""
+        """The optimizer step of the tables (rows `ids` with gradients `row_grads`, repeats summed) and of the
+        dense parameters (gradient in self.dense.grad)."""
         self.step += 1
-        lr, l2 = self.lr, self.l2
         if self.optim == "sgd":
-            if self.sparse:
-                self.table.index_add_(0, ids, row_grads, alpha=-lr)
-            else:
-                grad = self.table_grad.zero_().index_add_(0, ids, row_grads)
-                self.table.add_(grad.add_(self.table, alpha=l2) if l2 else grad, alpha=-lr)
-            self.flat.add_(self.flat_grad.add_(self.flat, alpha=l2) if l2 else self.flat_grad, alpha=-lr)
+            self.sgd_update(ids, row_grads)
         elif self.sparse:
-            rows, inverse = self.unique_rows(ids)
-            grad = row_grads.new_zeros(len(rows), self.width).index_add_(0, inverse, row_grads)
-            planes = self.planes.index_select(1, rows)
-            adam_([planes[0], self.flat], [grad, self.flat_grad], [planes[1], self.flat_moments[0]],
-                  [planes[2], self.flat_moments[1]], self.step, lr, self.betas, self.eps)
-            self.planes.index_copy_(1, rows, planes)
+            self.lazy_adam_update(ids, row_grads)
+        else:
+            self.dense_adam_update(ids, row_grads)
+
+    def sgd_update(self, ids, row_grads):
+        """w -= lr * (grad + l2 * w); lazily, only the batch's rows (repeats summed by index_add_), without l2."""
+        lr, l2, weights, dense = self.lr, self.l2, self.tables.weights, self.dense
+        if self.sparse:
+            weights.index_add_(0, ids, row_grads, alpha=-lr)
         else:
             grad = self.table_grad.zero_().index_add_(0, ids, row_grads)
-            adam_([self.table, self.flat], [grad, self.flat_grad], [self.planes[1], self.flat_moments[0]],
-                  [self.planes[2], self.flat_moments[1]], self.step, lr, self.betas, self.eps, l2)
+            weights.add_(grad.add_(weights, alpha=l2) if l2 else grad, alpha=-lr)
+        dense.values.add_(dense.grad.add_(dense.values, alpha=l2) if l2 else dense.grad, alpha=-lr)
+
+    def lazy_adam_update(self, ids, row_grads):
+        """Adam on the batch's unique rows only (their weights and both moments gathered, updated, written back)
+        and on the dense parameters, in one fused call."""
+        rows, inverse = self.unique_rows(ids)
+        grad = row_grads.new_zeros(len(rows), self.tables.width).index_add_(0, inverse, row_grads)
+        gathered = self.tables.buffer.index_select(1, rows)
+        weights, exp_avg, exp_avg_sq = gathered
+        adam_([weights, self.dense.values], [grad, self.dense.grad], [exp_avg, self.dense.moments[0]],
+              [exp_avg_sq, self.dense.moments[1]], self.step, self.lr, self.betas, self.eps)
+        self.tables.buffer.index_copy_(1, rows, gathered)
+
+    def dense_adam_update(self, ids, row_grads):
+        """torch.optim.Adam's update of every row (rows outside the batch have gradient 0) and the dense
+        parameters, with weight decay l2."""
+        grad = self.table_grad.zero_().index_add_(0, ids, row_grads)
+        exp_avg, exp_avg_sq = self.tables.moments
+        adam_([self.tables.weights, self.dense.values], [grad, self.dense.grad], [exp_avg, self.dense.moments[0]],
+              [exp_avg_sq, self.dense.moments[1]], self.step, self.lr, self.betas, self.eps, self.l2)
 
 
 class AutogradStep:

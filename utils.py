@@ -41,6 +41,13 @@ def run_cli(main):
         fail(str(e))
 
 
+def exit_status(e):
+    """The exit status of a process that ends with SystemExit `e`, its message printed as Python prints it."""
+    if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
+    return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+
+
 def read_json(path, keys, where=None):
     """json.load `path` (UTF-8, with or without a byte order mark), keeping only `keys` of each object (as a tuple,
     MISSING where absent) to save memory, or everything when `keys` is None; with `where`, an object for which

@@ -1,4 +1,12 @@
+"""Shared test data and runs: a tiny clustered split (one per test, or one per session for tests that only read
+it), one tiny model trained once a session by main.py in this process, and the scripts' command lines run in this
+process (no interpreter start-up and torch import a command) where the separate process is not what is tested."""
+import contextlib
+import importlib
+import io
+import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -7,6 +15,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+# main.py flags of the tiny runs: 200 users, 2,800 training pairs, 55 steps an epoch
+TINY = ["--dataset", "tiny", "--batch_size", "256", "--lr", "0.01", "--gpu", "cpu", "--wandb", "disabled"]
+TRAINED_EPOCHS = 4
 
 
 def write_split(data_dir, name="tiny", users=200, items=300, clusters=6, per_user=15, negatives=49, val=False,
@@ -48,3 +59,63 @@ def no_wandb_network(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def results(save_dir):
+    with open(os.path.join(save_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def wandb_offline_env(mp, home):
+    """What no_wandb_network sets, for fixtures wider than a test: no login, no network, wandb's files in `home`."""
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR"):
+        mp.setenv(variable, str(home))
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_SILENT", "true")
+    mp.delenv("WANDB_API_KEY", raising=False)
+
+
+def run_script(script, *args, cwd=None, env=None):
+    """`python3 SCRIPT ARGS` run in this process: a CompletedProcess with the exit status and what it printed.
+    `env`: variables to set (None: to remove) while it runs. An uncaught exception propagates (fails the test)."""
+    module = importlib.import_module(script.removesuffix(".py"))
+    entry = getattr(module, "run_grid" if script == "grid.py" else "main")
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", [script, *map(str, args)])
+        if cwd is not None:
+            mp.chdir(cwd)
+        for name, value in (env or {}).items():
+            if value is None:
+                mp.delenv(name, raising=False)
+            else:
+                mp.setenv(name, value)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            from utils import exit_status, run_cli
+            try:
+                run_cli(entry)
+                status = 0
+            except SystemExit as e:
+                status = exit_status(e)
+    return subprocess.CompletedProcess([script, *args], status, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def shared_split(tmp_path_factory):
+    """The tiny split, written once a session: for tests that only read it."""
+    return write_split(tmp_path_factory.mktemp("shared_split"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(shared_split, tmp_path_factory):
+    """One tiny NeuMF trained once a session by `python3 main.py` run in this process (TRAINED_EPOCHS epochs,
+    --wandb auto without credentials, so offline; loss logged every 5 steps; best.pt uploaded as a model
+    artifact): (save_dir, what it printed). Tests read it and must not change it."""
+    save_dir = str(tmp_path_factory.mktemp("trained_run") / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        wandb_offline_env(mp, tmp_path_factory.mktemp("wandb-home"))
+        mp.delenv("WANDB_MODE")
+        done = run_script("main.py", "--data_dir", shared_split[0], *TINY[:-2], "--wandb", "auto",
+                          "--epochs", TRAINED_EPOCHS, "--log_every", "5", "--log_model", "--save_dir", save_dir)
+    assert done.returncode == 0, done.stderr
+    return save_dir, done.stdout

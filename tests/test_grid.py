@@ -2,14 +2,13 @@ import csv
 import itertools
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 import grid
 import main
-from conftest import REPO, write_split
+from conftest import REPO, run_script, write_split
 from utils import run_cli
 
 CELLS = list(itertools.product(*grid.GRID.values()))
@@ -18,8 +17,8 @@ PASSED = ["--batch_size", "512", "--no-exclude_test_neg"]  # main.py flags grid.
 
 
 def run(command, *args, check=True):
-    result = subprocess.run([sys.executable, command, *args], cwd=REPO, capture_output=True, text=True,
-                            env=dict(os.environ, WANDB_MODE="disabled"))
+    """`python3 COMMAND ARGS`, run in this process."""
+    result = run_script(command, *args, env={"WANDB_MODE": "disabled"})
     if check:
         assert result.returncode == 0, result.stderr
     return result

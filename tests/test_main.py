@@ -1,4 +1,3 @@
-import json
 import math
 import os
 import subprocess
@@ -9,14 +8,13 @@ import torch
 
 import evaluate
 import main
-from conftest import REPO
+from conftest import REPO, TINY, TRAINED_EPOCHS, results, run_script
 from utils import run_cli
 from wandb_records import read_run
 
-TINY = ["--dataset", "tiny", "--batch_size", "256", "--lr", "0.01", "--gpu", "cpu", "--wandb", "disabled"]
-
 
 def run_main(*args, check=True):
+    """main.py in a process of its own, as a user runs it."""
     result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
                             env=dict(os.environ, WANDB_MODE="offline"))
     if check:
@@ -24,18 +22,19 @@ def run_main(*args, check=True):
     return result
 
 
-def results(save_dir):
-    with open(os.path.join(save_dir, "results.json")) as f:
-        return json.load(f)
+def main_in_process(*args, check=True):
+    """main.py's command line run in this process."""
+    result = run_script("main.py", *args)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
-def test_tiny_run_learns_and_writes_outputs(tiny_split, tmp_path):
-    data_dir, _ = tiny_split
-    save_dir = str(tmp_path / "run")
-    out = run_main("--data_dir", data_dir, *TINY, "--epochs", "8", "--save_dir", save_dir).stdout
+def test_tiny_run_learns_and_writes_outputs(trained_run):
+    save_dir, out = trained_run
     summary = results(save_dir)
     assert summary["hr"] > 0.6  # random scoring of 1 held-out item among 50 candidates gives HR@10 = 0.2
-    assert [r["epoch"] for r in summary["history"]] == list(range(1, 9))
+    assert [r["epoch"] for r in summary["history"]] == list(range(1, TRAINED_EPOCHS + 1))
     assert set(summary["history"][0]) == {"epoch", "loss", "hr", "ndcg", "train_seconds", "eval_seconds",
                                           "samples_per_second"}
     best = max(summary["history"], key=lambda r: r["ndcg"])
@@ -45,15 +44,16 @@ def test_tiny_run_learns_and_writes_outputs(tiny_split, tmp_path):
     assert "epoch 1 loss" in out and "HR@10" in out
     for name, keys in (("best.pt", {"config", "model", "epoch"}), ("last.pt", {"optimizer", "rng"})):
         assert keys <= torch.load(os.path.join(save_dir, name), weights_only=True).keys()
-    assert torch.load(os.path.join(save_dir, "last.pt"), weights_only=True)["epoch"] == 8
+    assert torch.load(os.path.join(save_dir, "last.pt"), weights_only=True)["epoch"] == TRAINED_EPOCHS
 
 
-def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(tiny_split, tmp_path):
-    data_dir, _ = tiny_split
-    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
-    run_main("--data_dir", data_dir, *TINY, "--epochs", "4", "--save_dir", whole)
-    run_main("--data_dir", data_dir, *TINY, "--epochs", "2", "--save_dir", part)
-    out = run_main("--resume", os.path.join(part, "last.pt"), "--epochs", "4").stdout
+def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(shared_split, trained_run, tmp_path):
+    """Two epochs, then --resume to the end: the uninterrupted run's losses and metrics (trained_run's, which also
+    logged to wandb: logging changes no figure)."""
+    data_dir, _ = shared_split
+    whole, part = trained_run[0], str(tmp_path / "part")
+    main_in_process("--data_dir", data_dir, *TINY, "--epochs", "2", "--log_every", "5", "--save_dir", part)
+    out = main_in_process("--resume", os.path.join(part, "last.pt"), "--epochs", str(TRAINED_EPOCHS)).stdout
     assert "resuming" in out and "epoch 3 loss" in out and "epoch 1 loss" not in out
 
     def metrics(history):
@@ -63,14 +63,14 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(tiny_split, tmp
     assert results(part)["best_epoch"] == results(whole)["best_epoch"]
 
 
-def test_optimizers_and_models_run(tiny_split, tmp_path):
-    data_dir, _ = tiny_split
+def test_optimizers_and_models_run(shared_split, tmp_path):
+    data_dir, _ = shared_split
     for extra in (["--optim", "sgd", "--lr", "0.1"], ["--optim", "adagrad"], ["--optim", "rmsprop"],
                   ["--model", "gmf"], ["--model", "mlp", "--num_layers", "1"], ["--model", "mf"], ["--amp", "True"],
                   ["--no-sparse", "False"]):
         save_dir = str(tmp_path / "_".join(extra))
         flags = extra if not extra[1] in ("True", "False") else extra[:1]
-        run_main("--data_dir", data_dir, *TINY, "--epochs", "1", "--save_dir", save_dir, *flags)
+        main_in_process("--data_dir", data_dir, *TINY, "--epochs", "1", "--save_dir", save_dir, *flags)
         assert str(results(save_dir)["config"][extra[0].lstrip("-").removeprefix("no-")]) == extra[1]
         assert results(save_dir)["hr"] > 0
 
@@ -78,8 +78,8 @@ def test_optimizers_and_models_run(tiny_split, tmp_path):
 @pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch_size", "-1"), ("--lr", "0"),
                                         ("--num_neg", "0"), ("--optim", "lbfgs"), ("--gpu", "x1"),
                                         ("--latent_dim_mf", "abc"), ("--l2", "-0.1"), ("--pretrain_gmf", "a.pt")])
-def test_bad_flags_give_one_line_and_status_2(tiny_split, tmp_path, monkeypatch, capsys, flag, value):
-    data_dir, _ = tiny_split
+def test_bad_flags_give_one_line_and_status_2(shared_split, tmp_path, monkeypatch, capsys, flag, value):
+    data_dir, _ = shared_split
     monkeypatch.setattr(sys, "argv", ["main.py", "--data_dir", data_dir, *TINY, "--save_dir", str(tmp_path / "run"),
                                       flag, value])
     with pytest.raises(SystemExit) as exit_:
@@ -90,43 +90,48 @@ def test_bad_flags_give_one_line_and_status_2(tiny_split, tmp_path, monkeypatch,
     assert not os.path.exists(tmp_path / "run")
 
 
-def test_missing_split_and_corrupt_checkpoint(tiny_split, tmp_path):
-    data_dir, _ = tiny_split
-    result = run_main("--data_dir", data_dir, "--dataset", "nope", "--gpu", "cpu", "--wandb", "disabled", check=False)
+def test_missing_split_and_corrupt_checkpoint(shared_split, tmp_path):
+    data_dir, _ = shared_split
+    result = main_in_process("--data_dir", data_dir, "--dataset", "nope", "--gpu", "cpu", "--wandb", "disabled",
+                             check=False)
     assert result.returncode == 2 and "nope.train.rating" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     corrupt = tmp_path / "last.pt"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
     for command in (["main.py", "--resume", str(corrupt)], ["evaluate.py", "--checkpoint", str(corrupt)]):
-        result = subprocess.run([sys.executable, *command, "--gpu", "cpu"], cwd=REPO, capture_output=True, text=True)
+        result = run_script(*command, "--gpu", "cpu")
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and str(corrupt) in result.stderr
-        assert "Traceback" not in result.stderr
 
 
-def test_evaluate_cli_scores_the_best_checkpoint(tiny_split, tmp_path):
-    data_dir, _ = tiny_split
+def test_main_as_a_process(shared_split, tmp_path):
+    """`python3 main.py` end to end in a process of its own (evaluate.py's own process: test_runs.py)."""
+    data_dir, _ = shared_split
     save_dir = str(tmp_path / "run")
-    run_main("--data_dir", data_dir, *TINY, "--epochs", "3", "--save_dir", save_dir)
-    out = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"),
-                          "--gpu", "cpu"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = run_main("--data_dir", data_dir, *TINY, "--epochs", "2", "--save_dir", save_dir).stdout
+    summary = results(save_dir)
+    assert out.strip().splitlines()[-1] == \
+        f"best epoch {summary['best_epoch']}: HR@10 {summary['hr']:.4f} NDCG@10 {summary['ndcg']:.4f}"
+    assert {"results.json", "results.md", "best.pt", "last.pt"} <= set(os.listdir(save_dir))
+
+
+def test_evaluate_cli_scores_the_best_checkpoint(trained_run):
+    save_dir, _ = trained_run
+    out = run_script("evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"), "--gpu", "cpu").stdout
     summary = results(save_dir)
     assert f"HR@10 {summary['hr']:.4f} NDCG@10 {summary['ndcg']:.4f}" in out
 
 
-def test_wandb_auto_without_credentials_logs_offline(tiny_split, tmp_path):
-    data_dir, _ = tiny_split
-    save_dir = str(tmp_path / "run")
-    args = [arg if arg != "disabled" else "auto" for arg in TINY]
-    run_main("--data_dir", data_dir, *args, "--epochs", "3", "--log_every", "5", "--log_model", "--save_dir", save_dir)
+def test_wandb_auto_without_credentials_logs_offline(trained_run):
+    save_dir, _ = trained_run
     logged = read_run(save_dir)
     summary = results(save_dir)
     assert logged["config"]["lr"] == 0.01 and logged["config"]["num_neg"] == 4
     assert logged["config"]["num_users"] == 200 and logged["config"]["num_items"] == 300
     steps = [row for row in logged["history"] if "train/loss" in row]
-    assert len(steps) == 3 * (math.ceil(2800 * 5 / 256) // 5)  # one loss point every 5 of the 55 steps an epoch
+    assert len(steps) == TRAINED_EPOCHS * (math.ceil(2800 * 5 / 256) // 5)  # a loss point every 5 of 55 steps
     epochs = [row for row in logged["history"] if "test/hr@10" in row]
-    assert [row["epoch"] for row in epochs] == [1, 2, 3]
+    assert [row["epoch"] for row in epochs] == list(range(1, TRAINED_EPOCHS + 1))
     assert [row["test/ndcg@10"] for row in epochs] == [r["ndcg"] for r in summary["history"]]
     assert {"epoch_loss", "train_seconds", "eval_seconds", "samples_per_second"} <= epochs[0].keys()
     assert logged["summary"]["best/hr@10"] == summary["hr"]
@@ -134,15 +139,14 @@ def test_wandb_auto_without_credentials_logs_offline(tiny_split, tmp_path):
     assert all("recommendations" in row for row in epochs)  # a table of recommendations at every evaluation
     table = logged["tables"]["recommendations"]
     assert table["columns"] == ["epoch", "playlist", "rank", "song_id", "score"]
-    assert len(table["data"]) == 3 * 10 and {row[0] for row in table["data"]} == {3}
+    assert len(table["data"]) == 3 * 10 and {row[0] for row in table["data"]} == {TRAINED_EPOCHS}
     assert [row[2] for row in table["data"][:10]] == list(range(1, 11))
     assert {"type": "model", "name": "neumf-tiny", "aliases": ["latest"]} in logged["artifacts"]
 
 
-def test_results_md_has_the_epochs_and_recommendations(tiny_split, tmp_path):
-    data_dir, _ = tiny_split
-    save_dir = str(tmp_path / "run")
-    run_main("--data_dir", data_dir, *TINY, "--epochs", "2", "--save_dir", save_dir)
+def test_results_md_has_the_epochs_and_recommendations(shared_split, trained_run):
+    data_dir, _ = shared_split
+    save_dir, _ = trained_run
     summary = results(save_dir)
     with open(os.path.join(save_dir, "results.md")) as f:
         report = f.read()
@@ -155,12 +159,12 @@ def test_results_md_has_the_epochs_and_recommendations(tiny_split, tmp_path):
     assert not {int(row[2]) for row in recommended} & train_items
 
 
-def test_pretrain_runs_three_stages_and_neumf_starts_from_them(tiny_split, tmp_path):
+def test_pretrain_runs_three_stages_and_neumf_starts_from_them(shared_split, tmp_path):
     import dataloader
     from model import NCF, load_pretrained
-    data_dir, name = tiny_split
+    data_dir, name = shared_split
     save_dir = str(tmp_path / "run")
-    out = run_main("--data_dir", data_dir, *TINY, "--epochs", "3", "--pretrain", "--save_dir", save_dir).stdout
+    out = main_in_process("--data_dir", data_dir, *TINY, "--epochs", "3", "--pretrain", "--save_dir", save_dir).stdout
     assert [results(os.path.join(save_dir, stage))["config"]["model"] for stage in ("gmf", "mlp")] == ["gmf", "mlp"]
     final = results(save_dir)
     assert final["config"]["pretrain_gmf"] == os.path.join(save_dir, "gmf", "best.pt")
@@ -201,9 +205,9 @@ def test_validation_selects_the_epoch_without_reading_test_metrics(tmp_path, mon
     assert summary["best_epoch"] == 3 and summary["ndcg"] == pytest.approx(0.5)  # test NDCG at the val-chosen epoch
 
 
-def test_each_sweep_run_gets_its_own_save_dir(tiny_split, tmp_path, monkeypatch):
+def test_each_sweep_run_gets_its_own_save_dir(shared_split, tmp_path, monkeypatch):
     """Under a wandb sweep agent (WANDB_SWEEP_ID and WANDB_RUN_ID set), the default save_dir is one per run."""
-    data_dir, _ = tiny_split
+    data_dir, _ = shared_split
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
     for run_id, num_neg in (("run1", "1"), ("run2", "2")):

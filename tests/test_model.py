@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import MF, NCF, build_model, load_pretrained
+from model import MF, NCF, build_model, load_pretrained, model_size
 
 
 def expected_parameters(users, items, factor, layers, model):
@@ -20,6 +20,23 @@ def test_shapes_and_parameter_counts(factor, layers, kind):
     assert sum(p.numel() for p in model.parameters()) == expected_parameters(50, 70, factor, layers, kind)
     logits = model(torch.tensor([0, 49, 3]), torch.tensor([69, 0, 5]))
     assert logits.shape == (3,)
+
+
+@pytest.mark.parametrize("factor,layers", [(8, 3), (4, 1), (16, 2), (5, 4)])
+@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf", "mf"])
+def test_model_size_is_the_built_models_without_building_it(factor, layers, kind):
+    model = build_model(50, 70, factor, layers, kind)
+    width = sum(m.embedding_dim if isinstance(m, torch.nn.Embedding) else m.out_features
+                for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.Linear)))
+    assert model_size(50, 70, factor, layers, kind) == (sum(p.numel() for p in model.parameters()), width)
+
+
+def test_model_size_refuses_tensors_torch_cannot_index():
+    assert model_size(10, 10, 2 ** 58, 1, "gmf")[0] == 20 * 2 ** 58 + 2 ** 58 + 1
+    with pytest.raises(OverflowError):
+        model_size(10, 10, 8, 200, "mlp")
+    with pytest.raises(OverflowError):
+        model_size(10, 10, 2 ** 60, 1, "mf")
 
 
 def test_seed_tower_for_factor_8_and_3_layers():

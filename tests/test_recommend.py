@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import dataloader
 import split
 import synthetic
-from conftest import REPO
+from conftest import REPO, run_script
 from evaluate import item_names, load_checkpoint, model_from_checkpoint, recommend, similar_items
 from model import NCF
 
@@ -25,9 +25,9 @@ def melon(tmp_path_factory):
     root = tmp_path_factory.mktemp("melon")
     train_json, song_meta_json = synthetic.generate(str(root / "raw"), playlists=300, songs=1500, seed=1)
     split.split(train_json, str(root / "data"), "mel", min_item_count=5, val=True, verbose=False)
-    subprocess.run([sys.executable, "main.py", "--data_dir", str(root / "data"), "--dataset", "mel", "--epochs", "2",
-                    "--batch_size", "256", "--gpu", "cpu", "--wandb", "disabled", "--save_dir", str(root / "run")],
-                   cwd=REPO, check=True, capture_output=True, env=dict(os.environ, WANDB_MODE="disabled"))
+    trained = run_script("main.py", "--data_dir", root / "data", "--dataset", "mel", "--epochs", "2", "--batch_size",
+                         "256", "--gpu", "cpu", "--wandb", "disabled", "--save_dir", root / "run")
+    assert trained.returncode == 0, trained.stderr
     with open(train_json, encoding="utf-8") as f:
         playlists = {p["id"]: p for p in json.load(f)}
     with open(song_meta_json, encoding="utf-8") as f:
@@ -52,7 +52,10 @@ def own_items(data_dir, name="mel"):
     return own
 
 
-def run_evaluate(*args):
+def run_evaluate(*args, process=False):
+    """evaluate.py's command line, in this process, or in one of its own with `process`."""
+    if not process:
+        return run_script("evaluate.py", *args, "--gpu", "cpu")
     return subprocess.run([sys.executable, "evaluate.py", *args, "--gpu", "cpu"], cwd=REPO, capture_output=True,
                           text=True, env=dict(os.environ, WANDB_MODE="disabled"))
 
@@ -92,7 +95,8 @@ def test_recommend_cli_prints_original_song_ids_and_names(melon):
     item_ids = data.meta["item_ids"]
     for user in (7, data.num_users - 1):
         playlist_id = data.meta["user_ids"][user]
-        result = run_evaluate("--checkpoint", checkpoint, "--recommend", str(playlist_id), "--k", "10")
+        result = run_evaluate("--checkpoint", checkpoint, "--recommend", str(playlist_id), "--k", "10",
+                              process=user == 7)  # once as a user runs it: a process of its own
         assert result.returncode == 0, result.stderr
         out = result.stdout
         playlist = playlists[playlist_id]

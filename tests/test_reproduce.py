@@ -1,6 +1,5 @@
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -12,17 +11,16 @@ import evaluate as evaluate_cli
 import grid
 import main
 import reproduce
-from conftest import REPO
+from conftest import TINY, results, run_script
 from evaluate import evaluate
 from model import NCF, load_pretrained
-from test_main import TINY, results, run_main
 from utils import run_cli
 
-TINY_RUN = ["--data_dir", None, *TINY, "--epochs", "1", "--pretrain_epochs", "1"]
+TINY_RUN = ["--data_dir", None, *TINY, "--threads", "1", "--epochs", "1", "--pretrain_epochs", "1"]
 
 
 def test_list_names_every_experiment_with_its_figures_and_where_they_are():
-    listed = subprocess.run([sys.executable, "reproduce.py", "--list"], cwd=REPO, capture_output=True, text=True)
+    listed = run_script("reproduce.py", "--list")
     assert listed.returncode == 0
     names = re.findall(r"^(\S+)$", listed.stdout, re.M)
     assert names == list(reproduce.EXPERIMENTS)
@@ -36,9 +34,10 @@ def test_list_names_every_experiment_with_its_figures_and_where_they_are():
 
 
 def in_process(argv, monkeypatch):
-    """reproduce.command, run in this process (no interpreter start-up and torch import a command): the status."""
-    if argv[1] == "-m":  # torchrun: its ranks are processes of their own
-        return subprocess.run(argv, cwd=REPO).returncode
+    """reproduce.command, run in this process (no interpreter start-up and torch import a command): the status.
+    A torchrun command runs its script as one process here (test_distributed.py runs torchrun itself)."""
+    if argv[1] == "-m":
+        argv = [argv[0], *argv[argv.index("main.py"):]]
     script, flags = argv[1], argv[2:]
     monkeypatch.setattr(sys, "argv", [script, *flags])
     entry = {"main.py": lambda: main.main(flags), "grid.py": grid.run_grid, "evaluate.py": evaluate_cli.main,
@@ -51,14 +50,17 @@ def in_process(argv, monkeypatch):
 
 
 @pytest.mark.parametrize("name", reproduce.EXPERIMENTS)
-def test_each_experiment_runs_its_command(name, tiny_split, tmp_path, monkeypatch):
-    """On the tiny split, one epoch (the grid: one epoch a cell), with full ranking afterwards where it has it."""
-    data_dir, _ = tiny_split
+def test_each_experiment_runs_its_command(name, shared_split, tmp_path, monkeypatch):
+    """On the tiny split, one epoch with one thread (the grid: one epoch a cell), with full ranking afterwards
+    where it has it."""
+    data_dir, _ = shared_split
     monkeypatch.setattr(reproduce, "command", lambda argv, env=None: in_process(argv, monkeypatch))
     experiment = reproduce.EXPERIMENTS[name]
     flags = [data_dir if f is None else f for f in TINY_RUN]
     if "--pretrain" not in experiment.command:
         flags = flags[:-2]
+    if experiment.argv()[0] == "-m":  # torchrun's own flags are not main.py's
+        assert experiment.argv()[:2] == ["-m", "torch.distributed.run"] and "main.py" in experiment.argv()
     if experiment.script == "grid.py":
         flags = ["--data_dir", data_dir, "--dataset", "tiny", "--epochs", "1", "--gpu", "cpu"]
     if experiment.script == "baselines.py":
@@ -80,18 +82,19 @@ def test_a_missing_lastfm_split_is_made_first(tmp_path, monkeypatch):
 @pytest.mark.parametrize("flags", [["--finetune_lr", "0", "--pretrain"], ["--finetune_optim", "sgd"],
                                    ["--finetune_lr", "0.1"], ["--alpha", "1.5"], ["--pretrain_epochs", "0", "--pretrain"],
                                    ["--pretrain_epochs", "2"]])
-def test_bad_pretraining_flags_give_one_line_and_status_2(tiny_split, tmp_path, flags):
-    data_dir, _ = tiny_split
-    result = run_main("--data_dir", data_dir, *TINY, "--save_dir", str(tmp_path / "run"), *flags, check=False)
+def test_bad_pretraining_flags_give_one_line_and_status_2(shared_split, tmp_path, flags):
+    data_dir, _ = shared_split
+    result = run_script("main.py", "--data_dir", data_dir, *TINY, "--save_dir", str(tmp_path / "run"), *flags)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and flags[0] in result.stderr
     assert not os.path.exists(tmp_path / "run")
 
 
-def test_sgd_fine_tuning_starts_from_the_pretrained_neumf(tiny_split, tmp_path):
-    data_dir, _ = tiny_split
+def test_sgd_fine_tuning_starts_from_the_pretrained_neumf(shared_split, tmp_path):
+    data_dir, _ = shared_split
     save_dir = str(tmp_path / "pre")
-    run_main("--data_dir", data_dir, *TINY, "--epochs", "1", "--pretrain", "--pretrain_epochs", "3",
-             "--finetune_optim", "sgd", "--finetune_lr", "1e-9", "--alpha", "0.3", "--save_dir", save_dir)
+    done = run_script("main.py", "--data_dir", data_dir, *TINY, "--epochs", "1", "--pretrain", "--pretrain_epochs", "3",
+                      "--finetune_optim", "sgd", "--finetune_lr", "1e-9", "--alpha", "0.3", "--save_dir", save_dir)
+    assert done.returncode == 0, done.stderr
     assert len(results(os.path.join(save_dir, "gmf"))["history"]) == 3
     assert len(results(os.path.join(save_dir, "mlp"))["history"]) == 3
     config = results(save_dir)["config"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import split as split_module
+from conftest import run_script
 from split import split
 from utils import InputError
 
@@ -306,8 +307,11 @@ def test_lastfm(tmp_path):
 
 # ---------------------------------------------------------------- errors (CLI)
 
-def run_split(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "split.py", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+def run_split(*args, process=False):
+    """split.py's command line, in this process, or in a process of its own with `process`."""
+    if not process:
+        return run_script("split.py", *args)
+    return subprocess.run([sys.executable, "split.py", *map(str, args)], cwd=REPO, capture_output=True, text=True)
 
 
 def assert_error(result, out_dir, *names):
@@ -323,7 +327,8 @@ def assert_error(result, out_dir, *names):
 def test_cli_ok(tmp_path):
     path = tmp_path / "ratings.dat"
     path.write_text("".join(f"{u}::{i}::5::{i}\n" for u in range(3) for i in range(u, u + 4)))
-    result = run_split("--input", path, "--out_dir", tmp_path / "out", "--name", "ml", "--num_test_neg", 2)
+    result = run_split("--input", path, "--out_dir", tmp_path / "out", "--name", "ml", "--num_test_neg", 2,
+                       process=True)
     assert result.returncode == 0 and result.stderr == ""
     assert "3 users x 6 items" in result.stdout
     assert sorted(os.listdir(tmp_path / "out")) == ["ml.meta.json", "ml.test.negative", "ml.test.rating",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import synthetic
+from conftest import run_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAYLIST_FIELDS = {"id": int, "plylst_title": str, "tags": list, "songs": list, "like_cnt": int, "updt_date": str}
@@ -178,14 +179,17 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     assert other[0] != first[0] and other[1] != first[1]
 
 
-def run(*args, cwd=REPO):
+def run(*args, process=False):
+    """synthetic.py's command line, in this process, or in a process of its own with `process`."""
+    if not process:
+        return run_script("synthetic.py", *args)
     return subprocess.run([sys.executable, os.path.join(REPO, "synthetic.py"), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_writes_and_summarises(tmp_path):
     out = tmp_path / "out"
-    result = run("--playlists", "200", "--songs", "1500", "--seed", "3", "--out", str(out))
+    result = run("--playlists", "200", "--songs", "1500", "--seed", "3", "--out", str(out), process=True)
     assert result.returncode == 0, result.stderr
     assert "200 playlists" in result.stdout and "1,500 songs" in result.stdout and str(out) in result.stdout
     assert sorted(os.listdir(out)) == ["genre_gn_all.json", "song_meta.json", "train.json"]
