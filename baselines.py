@@ -13,7 +13,7 @@ user held out with 99 sampled negatives), never on the test set, then fits on al
 EASE^R holds a dense items x items matrix and inverts one: 2 x items^2 x 4 bytes at the peak (10.3 GB for Melon's
 35,919 songs) and about items^3 operations. Item-kNN keeps k neighbours an item and builds the co-occurrence counts
 a block of items at a time, never items^2 at once: by a dense product where the user x item matrix is small (ML-1M),
-else from the users' item pairs (as many as the sum of squared user lengths: about 0.4 billion on Melon).
+else from the users' item pairs (as many as the sum of squared user lengths: a few hundred million on Melon).
 """
 import dataclasses
 import itertools
@@ -301,7 +301,7 @@ def build_parser():
     p.add_argument("--eval", choices=["sampled", "full"], default="sampled")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--save_dir", default=None, help="where results.json goes (default: a new "
-                   "runs/DATASET/baseline-MODEL-YYYYMMDD-HHMMSS); one that holds results.json is refused")
+                   "runs/DATASET/baseline-MODEL/YYYYMMDD-HHMMSS); one that holds results.json is refused")
     return p
 
 

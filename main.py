@@ -28,8 +28,8 @@ from evaluate import item_names, recommend, score
 from metrics import arena_line, arena_score
 from model import MODELS, build_model, load_pretrained, model_size
 from optim import OPTIMIZERS, make_step, uses_sparse_updates
-from runs import (RESUMABLE_FLAGS, SaveDir, check_split_unchanged, load_checkpoint, load_pretrained_checkpoints,
-                  restart_point, run_provenance, save_checkpoint)
+from runs import (RESUMABLE_FLAGS, SaveDir, check_split_unchanged, compact, load_checkpoint,
+                  load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint)
 from training import Diverged, Position, Stopped, epoch_size, train_epoch
 from utils import InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
 from wandb_log import WANDB_PROJECT, log_epoch, start_wandb
@@ -206,20 +206,22 @@ def check_memory(args, data, device):
 
 def main(argv=None):
     args = parse_args(argv)
+    given = given_flags(argv)
+    checkpoint = resume(args, given) if args.resume else None  # first: the checkpoint's --gpu chooses the device
     gpus = gpu_indices(args.gpu)
     if gpus and len(gpus) > 1 and not distributed.launched() and torch.cuda.is_available():
         sys.exit(distributed.spawn(main, sys.argv[1:] if argv is None else argv, len(gpus)))
     ctx = distributed.setup(args.gpu)
     try:
-        run_stages(args, ctx, given_flags(argv))
+        run_stages(args, ctx, given, checkpoint)
     finally:
         distributed.teardown()
 
 
-def run_stages(args, ctx, given):
-    """Resolve the data set and save directory, then train: continuing --resume (with the checkpoint's
-    configuration, except the RESUMABLE_FLAGS in `given`), or the three stages of --pretrain, or one model."""
-    checkpoint = resume(args, ctx, given) if args.resume else None
+def run_stages(args, ctx, given, checkpoint=None):
+    """Resolve the data set and save directory, then train: continuing the --resume `checkpoint` (whose
+    configuration `args` holds, except the RESUMABLE_FLAGS in `given`), or the three stages of --pretrain, or one
+    model."""
     if args.dataset is None:
         args.dataset = ctx.broadcast(dataloader.default_dataset(args.data_dir) if ctx.is_main else None)
     provenance, claim = None, None
@@ -255,15 +257,20 @@ def run_stages(args, ctx, given):
             claim.release()
 
 
-def resume(args, ctx, given):
-    """The --resume checkpoint (read by rank 0, sent to all); `args` takes its configuration, except the
-    RESUMABLE_FLAGS given on the command line."""
-    checkpoint = ctx.broadcast(load_checkpoint(args.resume) if ctx.is_main else None)
+def resume(args, given):
+    """The --resume checkpoint, read by every process before the device is chosen; `args` takes its configuration,
+    except the RESUMABLE_FLAGS given on the command line. Says what the run will do."""
+    checkpoint = load_checkpoint(args.resume)
+    if "optimizer" not in checkpoint:
+        raise InputError(f"--resume {args.resume}: holds the model only (a best.pt); continue from the run's last.pt")
     overrides = {flag: getattr(args, flag) for flag in RESUMABLE_FLAGS if flag in given or flag == "resume"}
     args.__dict__.update(checkpoint["config"])
     args.__dict__.update(overrides)
-    within = f" and {checkpoint['step']} steps of epoch {checkpoint['epoch'] + 1}" if checkpoint.get("step") else ""
-    ctx.print(f"resuming {args.resume} after epoch {checkpoint['epoch']}{within} with its configuration")
+    if os.environ.get("RANK", "0") == "0":
+        within = f" and {checkpoint['step']} steps of epoch {checkpoint['epoch'] + 1}" if checkpoint.get("step") else ""
+        print(f"resuming {args.resume} after epoch {checkpoint['epoch']}{within} with its configuration: "
+              f"{args.model} on {args.dataset or 'the default data set'}, epochs {checkpoint['epoch'] + 1} to "
+              f"{args.epochs}, --gpu {args.gpu}, --threads {args.threads}", flush=True)
     return checkpoint
 
 
@@ -296,9 +303,9 @@ def train(args, ctx, checkpoint=None, provenance=None):
               + (", with validation" if data.val is not None else "") + f"; device {ctx.device}"
               + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
     check_memory(args, data, ctx.device)
-    model, train_step = build(args, data, ctx, checkpoint)
+    model, train_step, sparse = build(args, data, ctx, checkpoint)
     position = Position.from_checkpoint(checkpoint, ctx.is_main)
-    outputs = Outputs(args, data, model, train_step, checkpoint, provenance) if ctx.is_main else None
+    outputs = Outputs(args, data, model, train_step, checkpoint, provenance, sparse) if ctx.is_main else None
     train_epochs(args, ctx, data, model, train_step, position, outputs)
     if outputs is not None:
         outputs.finish(position)
@@ -307,9 +314,11 @@ def train(args, ctx, checkpoint=None, provenance=None):
 
 
 def build(args, data, ctx, checkpoint):
-    """(model, training step) as `args` say: new (from pretrained GMF and MLP with --pretrain_gmf/--pretrain_mlp),
-    or as `checkpoint` left them (the RNG state too)."""
+    """(model, training step, whether its embedding updates are sparse) as `args` say: new (from pretrained GMF and
+    MLP with --pretrain_gmf/--pretrain_mlp), or as `checkpoint` left them (the RNG state too)."""
     sparse = uses_sparse_updates(args, ctx.device, ctx.print)
+    if checkpoint is not None:
+        note_update_rule_change(checkpoint, sparse, args, ctx)
     model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model,
                         sparse).to(ctx.device)
     if args.pretrain_gmf and checkpoint is None and ctx.is_main:  # the other ranks get these weights from rank 0
@@ -326,7 +335,21 @@ def build(args, data, ctx, checkpoint):
             raise InputError(f"{args.resume or os.path.join(args.save_dir, 'last.pt')}: its optimizer state does "
                              f"not fit this version's {type(train_step).__name__} (an older checkpoint?); "
                              f"start a new run") from None
-    return model, train_step
+    return model, train_step, sparse
+
+
+def note_update_rule_change(checkpoint, sparse, args, ctx):
+    """One line when the device a run resumes on changes its embedding update rule (--sparse's default: lazy on
+    the CPU, dense on CUDA) from the one its checkpoint was trained with."""
+    device = (checkpoint.get("provenance") or {}).get("device", "")
+    before = checkpoint.get("sparse_updates")  # older checkpoints: as --sparse's default chose on their device
+    if before is None:
+        before = uses_sparse_updates(argparse.Namespace(**checkpoint["config"]), torch.device(device or "cpu"),
+                                     lambda line: None)
+    if before != sparse:
+        rule = {True: f"sparse (lazy {args.optim}) embedding updates", False: f"dense {args.optim} updates"}
+        ctx.print(f"note: the update rule changes on resuming: {rule[sparse]} on {ctx.device}, where the checkpoint "
+                  f"was trained with {rule[before]} on {device or 'another device'} (--sparse's default)")
 
 
 def train_epochs(args, ctx, data, model, train_step, position, outputs):
@@ -410,8 +433,9 @@ class Outputs:
     """Rank 0's side of a run in its save directory: the wandb run, the recommendations shown for a few playlists,
     the checkpoints (best.pt, last.pt) and, at the end, results.json and results.md."""
 
-    def __init__(self, args, data, model, train_step, checkpoint, provenance):
+    def __init__(self, args, data, model, train_step, checkpoint, provenance, sparse):
         self.args, self.data, self.model, self.train_step, self.provenance = args, data, model, train_step, provenance
+        self.sparse = sparse
         os.makedirs(args.save_dir, exist_ok=True)
         self.run = start_wandb(args, data, checkpoint["wandb_id"] if checkpoint else None, provenance)
         self.catalog = item_names(data.meta, range(data.num_items))
@@ -419,12 +443,16 @@ class Outputs:
         self.recommendations = checkpoint.get("recommendations", []) if checkpoint else []  # the best epoch's
         self.selection = "val" if data.val is not None else "test"
 
-    def save(self, path, position):
-        """A checkpoint: configuration, model, optimizer and RNG states, `position`, the best recommendations."""
-        save_checkpoint(path, dict(config=vars(self.args), model=self.model.state_dict(),
-                                   optimizer=self.train_step.state_dict(), rng=torch.get_rng_state(),
-                                   **position.state(), recommendations=self.recommendations,
-                                   wandb_id=self.run.id if self.run is not None else None, provenance=self.provenance))
+    def save(self, path, position, resumable=True):
+        """A checkpoint: configuration, model, `position`, the best recommendations and provenance; when `resumable`
+        (last.pt) the optimizer and RNG states too, which best.pt does without. Each tensor once, compact."""
+        state = dict(config=vars(self.args), model=compact(self.model.state_dict()), **position.state(),
+                     recommendations=self.recommendations, wandb_id=self.run.id if self.run is not None else None,
+                     provenance=self.provenance)
+        if resumable:
+            state.update(optimizer=compact(self.train_step.state_dict()), rng=torch.get_rng_state(),
+                         sparse_updates=self.sparse)
+        save_checkpoint(path, state)
 
     def epoch(self, record, position, improved):
         """An epoch's record: its recommendations; logged to wandb; best.pt when it is the best, and last.pt."""
@@ -435,7 +463,7 @@ class Outputs:
             log_epoch(self.run, record, self.args.topk, recommendations, self.columns, position.global_step,
                       position.best)
         if improved:
-            self.save(os.path.join(self.args.save_dir, "best.pt"), position)
+            self.save(os.path.join(self.args.save_dir, "best.pt"), position, resumable=False)
         self.save(os.path.join(self.args.save_dir, "last.pt"), position)
 
     def arena(self, epoch):

@@ -12,6 +12,7 @@ runs/reproduce/NAME/DATE-TIME).
 Where an experiment's figure is reported is read from the documents themselves: every section of README.md,
 RESULTS.md and PERFORMANCE.md that names `reproduce.py NAME` (tests/test_docs.py checks that the figure is there).
 """
+import argparse
 import os
 import re
 import shlex
@@ -20,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from utils import Parser, run_cli
+from utils import PINNED_NUMERICS, Parser, run_cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the commands run here
 ML1M = "--data_dir ../shared/data/ncf-ml-1m --dataset ml-1m"
@@ -57,9 +58,9 @@ class Experiment:
 
 
 def table2(factor, pretrain):
-    ours = {(8, True): "0.6881 / 0.4126", (16, True): "0.6949 / 0.4296", (32, True): "0.6974 / 0.4396",
-            (64, True): "0.7078 / 0.4500", (8, False): "0.6914 / 0.4147", (16, False): "0.6952 / 0.4289",
-            (32, False): "0.6993 / 0.4352", (64, False): "0.7061 / 0.4424"}[factor, pretrain]
+    ours = {(8, True): "0.6838 / 0.4036", (16, True): "0.6929 / 0.4194", (32, True): "0.6919 / 0.4235",
+            (64, True): "0.7078 / 0.4500", (8, False): "0.6785 / 0.4036", (16, False): "0.6897 / 0.4168",
+            (32, False): "0.6949 / 0.4173", (64, False): "0.7061 / 0.4424"}[factor, pretrain]
     paper = {(8, True): "0.684 / 0.403", (16, True): "0.707 / 0.426", (32, True): "0.726 / 0.445",
              (64, True): "0.730 / 0.447", (8, False): "0.688 / 0.410", (16, False): "0.696 / 0.420",
              (32, False): "0.701 / 0.425", (64, False): "0.705 / 0.426"}[factor, pretrain]
@@ -117,35 +118,35 @@ ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULT
 EXPERIMENTS = {
     **{f"table2-neumf-{f}": table2(f, False) for f in (8, 16, 32, 64)},
     **{f"table2-neumf-pre-{f}": table2(f, True) for f in (8, 16, 32, 64)},
-    "ml1m-seed": Experiment("main.py $ML1M", "0.688 / 0.410", "0.6805 / 0.4034"),
+    "ml1m-seed": Experiment("main.py $ML1M", "0.688 / 0.410", "0.6851 / 0.4067"),
     "ml1m-seed-dense": Experiment("main.py $ML1M --no-sparse", "0.688 / 0.410", "0.6796 / 0.4032"),
-    "ml1m-paper-negatives": Experiment("main.py $ML1M --no-exclude_test_neg", "0.688 / 0.410", "0.6833 / 0.4160",
+    "ml1m-paper-negatives": Experiment("main.py $ML1M --no-exclude_test_neg", "0.688 / 0.410", "0.6810 / 0.4064",
                                        full_ranking=True),
     "ml1m-pretrain-adam": Experiment("main.py $ML1M --no-exclude_test_neg --pretrain", "0.684 / 0.403",
-                                     "0.6820 / 0.4093"),
+                                     "0.6753 / 0.3995"),
     "ml1m-mf-64-l2-0": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 64 --patience 5",
                                   readme="0.7121 / 0.4472"),
     "ml1m-mf-64-l2-1e-5": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 64 --l2 1e-5 "
                                      "--patience 3", readme="0.5018 / 0.2818"),
     "ml1m-mf-64": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 64 --l2 1e-6 --patience 4",
-                             readme="0.7217 / 0.4501", full_ranking=True),
+                             readme="0.7114 / 0.4331", full_ranking=True),
     "ml1m-mf-128-l2-2e-6": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 128 --l2 2e-6 "
                                       "--patience 4", readme="0.6899 / 0.4143"),
     "ml1m-mf-128": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 128 --l2 1e-6 "
-                              "--patience 4", readme="0.7268 / 0.4614", full_ranking=True),
+                              "--patience 4", readme="0.7114 / 0.4319", full_ranking=True),
     "ml1m-mf-256": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 256 --l2 1e-6 "
-                              "--patience 3", "0.730 / 0.447 (the paper's best NeuMF)", "0.7329 / 0.4746",
+                              "--patience 3", "0.730 / 0.447 (the paper's best NeuMF)", "0.7031 / 0.4277",
                               full_ranking=True),
     "ml1m-large-batch": Experiment("main.py $ML1M --no-exclude_test_neg --batch_size 16384 --lr 0.01 --num_neg 8 "
                                    "--no-sparse --threads 2", "0.688 / 0.410", "0.6912 / 0.4201"),
     **{large_batch_name(*row[:5]): large_batch(*row) for row in LARGE_BATCHES},
     "lastfm-neumf": Experiment("main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg",
-                               readme="0.7702 / 0.6076", full_ranking=True),
+                               readme="0.7696 / 0.6069", full_ranking=True),
     "lastfm-mf-64": Experiment(f"main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg {MF} "
-                               "--latent_dim_mf 64 --l2 1e-6 --patience 4", readme="0.8010 / 0.6672",
+                               "--latent_dim_mf 64 --l2 1e-6 --patience 4", readme="0.8105 / 0.6686",
                                full_ranking=True),
     "lastfm-mf-256": Experiment(f"main.py --data_dir data --dataset lastfm_random --no-exclude_test_neg {MF} "
-                                "--latent_dim_mf 256 --l2 1e-6 --patience 3", readme="0.8163 / 0.6828",
+                                "--latent_dim_mf 256 --l2 1e-6 --patience 3", readme="0.8142 / 0.6714",
                                 full_ranking=True),
     "lastfm-last-line-neumf": Experiment("main.py --data_dir data --dataset lastfm --no-exclude_test_neg",
                                          readme="0.1799 / 0.0949", full_ranking=True),
@@ -159,7 +160,16 @@ EXPERIMENTS = {
                                       "--pretrain --finetune_optim sgd --finetune_lr 2"),
     "lastfm-grid": Experiment("grid.py --data_dir data --dataset lastfm_random --no-exclude_test_neg",
                               readme="best cell 0.7951 / 0.6393"),
-    "sample": Experiment("main.py", readme="0.4927 / 0.2409", full_ranking=True),
+    "ml1m-pop": Experiment("baselines.py $ML1M --model pop", "0.4531 / 0.2542 (TopPop, Dacrema et al. 2019)",
+                           "0.4531 / 0.2541"),
+    "ml1m-itemknn": Experiment("baselines.py $ML1M --model itemknn --tune",
+                               "0.6596 / 0.3900 (ItemKNN CF, Dacrema et al. 2019)", "0.6662 / 0.3969"),
+    "ml1m-ease": Experiment("baselines.py $ML1M --model ease --tune",
+                            "0.7161 / 0.4470 (SLIM, the linear model of Dacrema et al. 2019)", "0.7096 / 0.4495"),
+    "sample-pop": Experiment("baselines.py --model pop", readme="0.0419 / 0.0172"),
+    "sample-itemknn": Experiment("baselines.py --model itemknn --tune", readme="0.5889 / 0.2978"),
+    "sample-ease": Experiment("baselines.py --model ease --tune", readme="0.5459 / 0.2730"),
+    "sample": Experiment("main.py", readme="0.4853 / 0.2385", full_ranking=True),
     "sample-2-ranks": Experiment("-m torch.distributed.run --standalone --nproc_per_node 2 main.py --gpu cpu",
                                  readme="0.4977 / 0.2477"),
     **ARENA_EXPERIMENTS,
@@ -218,33 +228,37 @@ def listing():
     return "\n".join(lines)
 
 
-def run(name, extra, save_dir):
-    """Run experiment `name` with `extra` flags appended; returns the exit status of the first command that fails."""
+def run(name, extra, save_dir, pin=True):
+    """Run experiment `name` with `extra` flags appended; returns the exit status of the first command that fails.
+    With `pin`, its commands run with PINNED_NUMERICS in their environment."""
+    env = dict(os.environ, **PINNED_NUMERICS) if pin else None
+    print("pinned: " + " ".join(f"{k}={v}" for k, v in PINNED_NUMERICS.items()) if pin else "not pinned", flush=True)
     experiment = EXPERIMENTS[name]
     argv = experiment.argv() + extra
     data_dir, dataset = dataset_of(argv)
     if dataset in SPLITS and data_dir == "data" and not os.path.exists(os.path.join(ROOT, "data", f"{dataset}.train.rating")):
         for step in SPLITS[dataset].split(" && "):
-            status = command([sys.executable, *shlex.split(step)])
+            status = command([sys.executable, *shlex.split(step)], env)
             if status:
                 return status
     save_dir = save_dir or os.path.join(ROOT, "runs", "reproduce", name, time.strftime("%Y%m%d-%H%M%S"))
     if experiment.script == "evaluate.py":  # a baseline's results.json
         os.makedirs(save_dir, exist_ok=True)
-        status = command([sys.executable, *argv, "--out", os.path.join(save_dir, "results.json")])
+        status = command([sys.executable, *argv, "--out", os.path.join(save_dir, "results.json")], env)
     else:
         status = command([sys.executable, *argv, "--out_dir" if experiment.script == "grid.py" else "--save_dir",
-                          save_dir])
+                          save_dir], env)
     if not status and experiment.then:
-        status = command([sys.executable, *shlex.split(experiment.then.format(save_dir=save_dir))])
+        status = command([sys.executable, *shlex.split(experiment.then.format(save_dir=save_dir))], env)
     if status or not experiment.full_ranking:
         return status
-    return command([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"), "--eval", "full"])
+    return command([sys.executable, "evaluate.py", "--checkpoint", os.path.join(save_dir, "best.pt"), "--eval", "full"],
+                   env)
 
 
-def command(argv):
+def command(argv, env=None):
     print("$ python3 " + shlex.join(argv[1:]), flush=True)
-    return subprocess.run(argv, cwd=ROOT).returncode
+    return subprocess.run(argv, cwd=ROOT, env=env).returncode
 
 
 def main():
@@ -252,12 +266,16 @@ def main():
     parser.add_argument("name", nargs="?", choices=EXPERIMENTS, metavar="NAME", help="the experiment to run")
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--save_dir", default=None, help="where its run goes (default: runs/reproduce/NAME/DATE-TIME)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help="run with the floating-point code paths pinned (" + " ".join(
+                            f"{k}={v}" for k, v in PINNED_NUMERICS.items()) + "), so that the figures are the same "
+                        "on any x86-64 machine with AVX2; --no-pin: this machine's own")
     args, extra = parser.parse_known_args()
     if args.list:
         return print(listing())
     if args.name is None:
         parser.error("name an experiment (python3 reproduce.py --list shows them)")
-    sys.exit(run(args.name, extra, args.save_dir))
+    sys.exit(run(args.name, extra, args.save_dir, args.pin))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,19 @@ def save_checkpoint(path, state):
         torch.save(state, tmp)
 
 
+def compact(state):
+    """`state` (dicts, lists and tuples of tensors and other values) with each tensor replaced by a contiguous copy
+    of its own: torch.save writes the whole storage behind a view (the model's weights are views into the training
+    step's packed buffers, Adam's moments beside them), so a checkpoint of views would hold every buffer."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone(memory_format=torch.contiguous_format)
+    if isinstance(state, dict):
+        return {key: compact(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(compact(value) for value in state)
+    return state
+
+
 def load_checkpoint(path, device="cpu"):
     """A checkpoint written by main.py, loaded with weights_only=True; a one-line error if it is missing or corrupt."""
     if not os.path.exists(path):
@@ -144,10 +157,13 @@ def run_provenance(args, device):
     record = code_provenance(device)
     record["split_files"] = fingerprint(args.data_dir, args.dataset)
     record["split_sha256"] = hashlib.sha256(json.dumps(record["split_files"], sort_keys=True).encode()).hexdigest()
+    record["threads"] = args.threads
     commit = record["git_commit"][:10] + (" with uncommitted changes" if record["git_dirty"] else "") \
         if record["git_commit"] else "unknown (not a git checkout)"
+    pinned = " ".join(f"{name}={value}" for name, value in record["pinned"].items()) or "not pinned"
     print(f"code {commit}; Python {record['python']}, torch {record['torch']}, numpy {record['numpy']}, "
-          f"CUDA {record['cuda'] or 'none'}; device {record['device']} ({record['device_name']}); "
+          f"CUDA {record['cuda'] or 'none'}; device {record['device']} ({record['device_name']}); CPU "
+          f"{record['cpu_capability']}, BLAS {record['blas']}, {args.threads} thread(s), {pinned}; "
           f"split {args.dataset} sha256 {record['split_sha256'][:12]}", flush=True)
     return record
 

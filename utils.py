@@ -170,9 +170,43 @@ def file_sha256(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
+# Environment variables that pin the floating-point code paths, read when torch loads, so set before it is imported
+# (reproduce.py does): torch's own kernels to AVX2, MKL's BLAS to its conditional numerical reproducibility branch
+# for AVX2, oneDNN to AVX2. With the thread count fixed too, the same command gives the same figures on x86-64
+# machines with AVX2, whatever else their CPU has.
+PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def numerics_provenance():
+    """What decides the floating-point results on the CPU: its model, the kernels torch dispatches to (its CPU
+    capability), the BLAS and oneDNN in use, and which PINNED_NUMERICS variables are set (to what)."""
+    import re
+    import torch
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    mkl = re.search(r"Math Kernel Library Version ([\d.]+)", config)
+    onednn = re.search(r"MKL-DNN v([\d.]+)", config)
+    blas = blas.group(1) if blas else "unknown"
+    return {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "blas": f"{blas} {mkl.group(1)}" if blas == "mkl" and mkl else blas,
+            "onednn": onednn.group(1) if onednn and torch.backends.mkldnn.is_available() else None,
+            "pinned": {name: os.environ[name] for name in PINNED_NUMERICS if name in os.environ}}
+
+
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo), else what platform says."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.processor() or platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
 def code_provenance(device):
     """What runs this code: its git commit and whether the work tree had changes (None outside a git checkout),
-    Python, torch, numpy and CUDA versions, and the device with its name."""
+    Python, torch, numpy and CUDA versions, the device with its name, and numerics_provenance()."""
     import platform
     import subprocess
     import numpy
@@ -188,18 +222,10 @@ def code_provenance(device):
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain") if commit else None
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-        except OSError:
-            pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"git_commit": commit, "git_dirty": bool(status) if commit else None,
             "python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(numpy.__version__),
-            "cuda": torch.version.cuda, "device": str(device), "device_name": name}
+            "cuda": torch.version.cuda, "device": str(device), "device_name": name, **numerics_provenance()}
 
 
 def available_memory(device):

@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+import baselines
 import dataloader
 import evaluate as evaluate_cli
 import grid
@@ -29,7 +30,9 @@ def test_list_names_every_experiment_with_its_figures_and_where_they_are():
             assert f"paper {experiment.paper}" in listed.stdout
         if experiment.readme:
             assert f"ours {experiment.readme}" in listed.stdout
-    assert "reported in RESULTS.md: The NCF paper's Table 2, reproduced" in listed.stdout.split("table2-neumf-16")[1]
+    reported = [line for line in listed.stdout.split("\ntable2-neumf-16\n")[1].splitlines()[:4]
+                if line.strip().startswith("reported in ")]
+    assert len(reported) == 1 and "RESULTS.md: The NCF paper's Table 2, reproduced" in reported[0]
 
 
 def in_process(argv, monkeypatch):
@@ -39,7 +42,8 @@ def in_process(argv, monkeypatch):
         argv = [argv[0], *argv[argv.index("main.py"):]]
     script, flags = argv[1], argv[2:]
     monkeypatch.setattr(sys, "argv", [script, *flags])
-    entry = {"main.py": lambda: main.main(flags), "grid.py": grid.run_grid, "evaluate.py": evaluate_cli.main}[script]
+    entry = {"main.py": lambda: main.main(flags), "grid.py": grid.run_grid, "evaluate.py": evaluate_cli.main,
+             "baselines.py": lambda: baselines.main(flags)}[script]
     try:
         run_cli(entry)
     except SystemExit as e:
@@ -52,7 +56,7 @@ def test_each_experiment_runs_its_command(name, shared_split, tmp_path, monkeypa
     """On the tiny split, one epoch with one thread (the grid: one epoch a cell), with full ranking afterwards
     where it has it. (The Arena experiments need an Arena split: tests/test_continuation.py runs their code.)"""
     data_dir, _ = shared_split
-    monkeypatch.setattr(reproduce, "command", lambda argv: in_process(argv, monkeypatch))
+    monkeypatch.setattr(reproduce, "command", lambda argv, env=None: in_process(argv, monkeypatch))
     experiment = reproduce.EXPERIMENTS[name]
     flags = [data_dir if f is None else f for f in TINY_RUN]
     if "--pretrain" not in experiment.command:
@@ -61,6 +65,8 @@ def test_each_experiment_runs_its_command(name, shared_split, tmp_path, monkeypa
         assert experiment.argv()[:2] == ["-m", "torch.distributed.run"] and "main.py" in experiment.argv()
     if experiment.script == "grid.py":
         flags = ["--data_dir", data_dir, "--dataset", "tiny", "--epochs", "1", "--gpu", "cpu"]
+    if experiment.script == "baselines.py":
+        flags = ["--data_dir", data_dir, "--dataset", "tiny"]
     save_dir = str(tmp_path / "run")
     assert reproduce.run(name, flags, save_dir) == 0
     assert os.path.exists(os.path.join(save_dir, "results.md" if experiment.script == "grid.py" else "results.json"))
@@ -68,7 +74,7 @@ def test_each_experiment_runs_its_command(name, shared_split, tmp_path, monkeypa
 
 def test_a_missing_lastfm_split_is_made_first(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(reproduce, "command", lambda argv: calls.append(argv[1:]) or 0)
+    monkeypatch.setattr(reproduce, "command", lambda argv, env=None: calls.append(argv[1:]) or 0)
     monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))  # no data/ there
     assert reproduce.run("lastfm-neumf", [], str(tmp_path)) == 0
     assert calls[0] == reproduce.SPLITS["lastfm_random"].split()
