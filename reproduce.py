@@ -99,16 +99,19 @@ def arena(scale, command, readme="", then=""):
 
 
 ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULTS.md's playlist continuation section
-    "arena-sample-neumf": arena("sample", "main.py {arena}", "0.2070 / 0.6003 / 0.2660"),
+    "arena-sample-neumf": arena("sample", "main.py {arena}", "0.2077 / 0.6003 / 0.2666"),
     "arena-sample-pop": arena("sample", "evaluate.py --baseline pop {arena} {questions}", "0.0264 / 0.2579 / 0.0612"),
     "arena-sample-itemknn": arena("sample", "evaluate.py --baseline itemknn {arena} {questions}",
                                   "0.2165 / 0.6003 / 0.2741"),
     "arena-sample-foldin": Experiment(
-        "main.py --data_dir data --dataset sample_noq", readme="0.1875 / 0.5983 / 0.2491",
+        "main.py --data_dir data --dataset sample_noq", readme="0.1899 / 0.5983 / 0.2512",
         then="evaluate.py --checkpoint {save_dir}/best.pt --continue data/sample_arena.questions.json "
              "--answers data/sample_arena.answers.json --out {save_dir}/arena_results.json"),
     "arena-melon-neumf": arena("melon", "main.py {arena}", "0.1511 / 0.5908 / 0.2170",
                                then="bench.py --continuation {save_dir}/best.pt --json {save_dir}/bench.json"),
+    "arena-melon-foldin-all": arena("melon", "main.py {arena}", "0.0726 / 0.5908 / 0.1503",
+                                    then="evaluate.py --checkpoint {save_dir}/best.pt {questions} "
+                                         "--out {save_dir}/arena_results.json --fold_in all"),
     "arena-melon-pop": arena("melon", "evaluate.py --baseline pop {arena} {questions}", "0.0141 / 0.2480 / 0.0492"),
     "arena-melon-itemknn": arena("melon", "evaluate.py --baseline itemknn {arena} {questions}",
                                  "0.2953 / 0.5908 / 0.3396"),
