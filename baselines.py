@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import dataloader
+from dataloader import csr_rows, row_ids
 from runs import make_dirs, new_run_dir, run_provenance
 from utils import InputError, Parser, atomic_open, run_cli
 
@@ -38,21 +39,6 @@ DENSE_SPEEDUP = 1000  # how much faster a dense matrix product is per multiply-a
 
 
 # --- item sets in CSR form ---
-
-def csr_rows(indptr, items, rows):
-    """(indptr, items) of the CSR rows `rows` of (indptr, items), in that order."""
-    begin = indptr[rows]
-    lengths = indptr[rows + 1] - begin
-    row_indptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=items.device)
-    torch.cumsum(lengths, 0, out=row_indptr[1:])
-    offsets = torch.arange(int(row_indptr[-1]), device=items.device) - row_indptr[:-1].repeat_interleave(lengths)
-    return row_indptr, items[begin.repeat_interleave(lengths) + offsets]
-
-
-def row_ids(indptr):
-    """The row of each entry of a CSR with `indptr`."""
-    return torch.arange(len(indptr) - 1, device=indptr.device).repeat_interleave(indptr.diff())
-
 
 def dense_rows(indptr, items, num_items):
     """[rows, num_items] float32: 1 where the row holds the item."""

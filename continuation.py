@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines import csr_rows, row_ids
+from dataloader import csr_rows, row_ids
 from metrics import ARENA_SONGS, ARENA_TAGS, check_arena_results
 from split import check_unique_ids, read_playlists
 from utils import MISSING, InputError, atomic_open, read_json
@@ -149,12 +149,8 @@ class Vocabulary:
 
 def pair_up(left_indptr, left, right_indptr, right):
     """(left value, right value) of every pair of values that one row holds in two CSR tables of the same rows."""
-    left_rows, right_lengths = row_ids(left_indptr), right_indptr[1:] - right_indptr[:-1]
-    repeats = right_lengths[left_rows]
-    left_values = left.repeat_interleave(repeats)
-    starts = right_indptr[left_rows].repeat_interleave(repeats)
-    offsets = torch.arange(len(left_values)) - (torch.cumsum(repeats, 0) - repeats).repeat_interleave(repeats)
-    return left_values, right[starts + offsets]
+    pair_indptr, right_values = csr_rows(right_indptr, right, row_ids(left_indptr))
+    return left.repeat_interleave(pair_indptr.diff()), right_values
 
 
 def standardised(scores):

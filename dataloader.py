@@ -132,6 +132,21 @@ def csr_by_user(users, items, num_users):
     return indptr, items[order]
 
 
+def csr_rows(indptr, items, rows):
+    """(indptr, items) of the CSR rows `rows` of (indptr, items), in that order."""
+    begin = indptr[rows]
+    lengths = indptr[rows + 1] - begin
+    row_indptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=items.device)
+    torch.cumsum(lengths, 0, out=row_indptr[1:])
+    offsets = torch.arange(int(row_indptr[-1]), device=items.device) - row_indptr[:-1].repeat_interleave(lengths)
+    return row_indptr, items[begin.repeat_interleave(lengths) + offsets]
+
+
+def row_ids(indptr):
+    """The row of each entry of a CSR with `indptr`."""
+    return torch.arange(len(indptr) - 1, device=indptr.device).repeat_interleave(indptr.diff())
+
+
 def load(data_dir, name, device="cpu", exclude_test_negatives=True):
     """Load a split onto `device`. Training negatives avoid the user's training items and, when
     `exclude_test_negatives` (the seed's behaviour), the user's held-out items and evaluation candidates too

@@ -65,13 +65,8 @@ def full_ranks(model, data, candidates, batch_pairs=1 << 20):
         score = model.candidate_scorer()
         for users, held_out in dataloader.batches([candidates.users, candidates.items[:, 0]], rows_per_batch):
             scores = score(users).float()
-            begin, end = data.seen_indptr[users], data.seen_indptr[users + 1]
-            lengths = end - begin
-            seen_rows = torch.arange(len(users), device=data.device).repeat_interleave(lengths)
-            starts = torch.cumsum(lengths, 0) - lengths
-            offsets = torch.arange(int(lengths.sum()), device=data.device) - starts.repeat_interleave(lengths)
-            seen_items = data.seen_items[begin.repeat_interleave(lengths) + offsets]
-            ranks.append(full_rank(scores, held_out, seen_rows, seen_items))
+            seen_indptr, seen_items = dataloader.csr_rows(data.seen_indptr, data.seen_items, users)
+            ranks.append(full_rank(scores, held_out, dataloader.row_ids(seen_indptr), seen_items))
     return torch.cat(ranks)
 
 
@@ -276,7 +271,7 @@ def continuation_for(model, data, data_dir, args, timings=None):
         # most popular is the Arena's own baseline: popular songs and tags for every playlist, whatever it holds
         popular = args.baseline == "pop"
         return continuation.Continuation(data, vocabulary, lambda users, indptr, songs: (
-            lambda rows: fitted.history_scores(*(t.to(data.device) for t in baselines.csr_rows(indptr, songs, rows)))
+            lambda rows: fitted.history_scores(*(t.to(data.device) for t in dataloader.csr_rows(indptr, songs, rows)))
             .float().cpu()),
             "popular" if popular else args.tag_method, fallback=not popular, feature_weight=0 if popular else
             args.feature_weight)

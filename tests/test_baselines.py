@@ -58,7 +58,7 @@ def test_scores_match_a_dense_reference_on_both_paths(data, name, params):
 def test_history_scores_of_new_item_sets_match_the_users_with_those_items(data):
     indptr, items = baselines.training_csr(data)
     users = torch.tensor([3, 0, 17])
-    set_indptr, set_items = baselines.csr_rows(indptr, items, users)
+    set_indptr, set_items = dataloader.csr_rows(indptr, items, users)
     rows = [set_items[begin:end] for begin, end in zip(set_indptr[:-1], set_indptr[1:])]
     doubled = torch.cat([torch.cat([row.flip(0), row]) for row in rows])  # unsorted, every item twice: the same sets
     for name in baselines.NAMES:
