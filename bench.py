@@ -16,7 +16,6 @@ Every main.py flag (--gpu, --batch_size, --latent_dim_mf, --num_layers, --num_ne
 """
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,16 +31,11 @@ from evaluate import full_ranks, sampled_ranks
 from model import build_model
 from optim import make_step, uses_sparse_updates
 from training import Position, epoch_size, train_epoch
-from utils import InputError, Parser, atomic_open, run_cli
+from utils import InputError, Parser, atomic_open, cpu_name, run_cli
 
 
 def peak_rss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # ru_maxrss is in KiB on Linux
-
-
-def cpu_name():
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
 
 
 def timed(device, work):
