@@ -83,7 +83,7 @@ def continuation_figures(checkpoint_path, questions, threads):
     evaluate.py --continue as a child process (wall time, peak resident memory, its own timings line, the score
     with the split's answers), and in this process the time to answer one playlist, known and new, once loaded."""
     import continuation
-    from evaluate import continuation_for, model_from_checkpoint
+    from evaluate import model_from_checkpoint
     from runs import load_checkpoint
     checkpoint = load_checkpoint(checkpoint_path)
     config = checkpoint["config"]
@@ -111,9 +111,7 @@ def continuation_figures(checkpoint_path, questions, threads):
     torch.set_num_threads(threads)
     model = model_from_checkpoint(checkpoint, data)
     model.eval()
-    args = type("Args", (), {"baseline": None, "fold_in": "unseen", "tag_method": continuation.TAG_METHOD,
-                             "feature_weight": continuation.FEATURE_WEIGHT})
-    answering = continuation_for(model, data, config["data_dir"], args)
+    answering = continuation.for_model(model, data, config["data_dir"])
     playlists = continuation.read_questions(questions)
     asked = next(p for p in playlists if p["songs"])
     known = {"id": data.meta["user_ids"][0], "songs": [], "tags": [], "plylst_title": ""}

@@ -12,6 +12,7 @@ measured in RESULTS.md), the most popular tags last.
 import copy
 import itertools
 import json
+import os
 import re
 import time
 
@@ -109,11 +110,12 @@ def spread(indptr, keys, table, width):
 
 
 class Vocabulary:
-    """What the training playlists (the split's NAME.tags.json and training pairs) say about tags and title words:
-    the tag and word indices, P(tag | song), P(tag | feature) and P(song | feature) for features = tags and title
-    words, and song and tag popularity."""
+    """What the training playlists (the split's training pairs and DATA_DIR/NAME.tags.json) say about tags and
+    title words: the tag and word indices, P(tag | song), P(tag | feature) and P(song | feature) for features = tags
+    and title words, and song and tag popularity."""
 
-    def __init__(self, data, tags_path):
+    def __init__(self, data, data_dir):
+        tags_path = os.path.join(data_dir, f"{data.name}.tags.json")
         playlists = read_json(tags_path, None)
         if not isinstance(playlists, dict) or len(playlists.get("tags", ())) != data.num_users:
             raise InputError(f"{tags_path}: not the tags file of this split (split.py writes it)")
@@ -338,6 +340,14 @@ def model_songs(model, num_items, fold_in_all=False, timings=None):
         return scores_for
 
     return song_source
+
+
+def for_model(model, data, data_dir, fold_in_all=False, tag_method=TAG_METHOD, feature_weight=FEATURE_WEIGHT,
+              timings=None):
+    """The Continuation of a trained model on its split (`data`, loaded from `data_dir`): playlists it was trained on
+    by their own embeddings, the others (every one with `fold_in_all`) folded in."""
+    return Continuation(data, Vocabulary(data, data_dir), model_songs(model, data.num_items, fold_in_all, timings),
+                        tag_method, feature_weight=feature_weight)
 
 
 def continue_questions(continuation, questions, timings=None):

@@ -264,19 +264,21 @@ def print_similar(model, data, song_id, k):
 def continuation_for(model, data, data_dir, args, timings=None):
     """The Continuation of --continue / --playlist: the model's songs (or a --baseline's), --tag_method's tags;
     the split's tags and titles from DATA_DIR/NAME.tags.json."""
-    vocabulary = continuation.Vocabulary(data, os.path.join(data_dir, f"{data.name}.tags.json"))
     if args.baseline is not None:
         import baselines
         fitted = baselines.fit(args.baseline, data)
+
+        def song_source(users, indptr, songs):
+            return lambda rows: fitted.history_scores(
+                *(t.to(data.device) for t in dataloader.csr_rows(indptr, songs, rows))).float().cpu()
+
         # most popular is the Arena's own baseline: popular songs and tags for every playlist, whatever it holds
         popular = args.baseline == "pop"
-        return continuation.Continuation(data, vocabulary, lambda users, indptr, songs: (
-            lambda rows: fitted.history_scores(*(t.to(data.device) for t in dataloader.csr_rows(indptr, songs, rows)))
-            .float().cpu()),
-            "popular" if popular else args.tag_method, fallback=not popular, feature_weight=0 if popular else
-            args.feature_weight)
-    songs = continuation.model_songs(model, data.num_items, args.fold_in == "all", timings)
-    return continuation.Continuation(data, vocabulary, songs, args.tag_method, feature_weight=args.feature_weight)
+        return continuation.Continuation(data, continuation.Vocabulary(data, data_dir), song_source,
+                                         "popular" if popular else args.tag_method, fallback=not popular,
+                                         feature_weight=0 if popular else args.feature_weight)
+    return continuation.for_model(model, data, data_dir, args.fold_in == "all", args.tag_method, args.feature_weight,
+                                  timings)
 
 
 def continue_questions(model, data, data_dir, args):
@@ -286,8 +288,8 @@ def continue_questions(model, data, data_dir, args):
     if answers is not None and {a["id"] for a in answers} != {q["id"] for q in questions}:
         raise InputError(f"--answers {args.answers}: its playlist ids are not those of {args.continue_}")
     started, timings = time.perf_counter(), {}
-    results, unknown = continuation.continue_questions(continuation_for(model, data, data_dir, args, timings), questions,
-                                                       timings)
+    answering = continuation_for(model, data, data_dir, args, timings)
+    results, unknown = continuation.continue_questions(answering, questions, timings)
     seconds = time.perf_counter() - started
     if unknown:
         print(f"note: {unknown:,} songs of the questions are unknown to the model (not in split {data.name!r}): "

@@ -476,10 +476,7 @@ class Outputs:
         model = copy.deepcopy(self.model)
         model.load_state_dict(load_checkpoint(os.path.join(self.args.save_dir, "best.pt"))["model"])
         model.eval()
-        vocabulary = continuation.Vocabulary(self.data, os.path.join(self.args.data_dir,
-                                                                     f"{self.args.dataset}.tags.json"))
-        answering = continuation.Continuation(self.data, vocabulary,
-                                              continuation.model_songs(model.cpu(), self.data.num_items))
+        answering = continuation.for_model(model.cpu(), self.data, self.args.data_dir)
         results, _ = continuation.continue_questions(answering, continuation.read_questions(files["questions"]))
         song, tag, total = arena_score(results, continuation.read_questions(files["answers"]), files["answers"])
         print(f"Arena score of the best checkpoint (epoch {epoch}) on {files['questions']}: "

@@ -105,7 +105,7 @@ def test_bad_input(arena, tmp_path, monkeypatch, capsys, content, flags, message
 
 def test_fallback_uses_tags_and_title(arena):
     data = dataloader.load(str(arena / "data"), "ar")
-    vocabulary = continuation.Vocabulary(data, str(arena / "data" / "ar.tags.json"))
+    vocabulary = continuation.Vocabulary(data, str(arena / "data"))
     answering = continuation.Continuation(data, vocabulary, None)
     tags = load(arena / "data" / "ar.tags.json")["tags"]
     tag = tags[0][0]
