@@ -363,7 +363,7 @@ def main():
     parser.add_argument("--feature_weight", type=float, default=continuation.FEATURE_WEIGHT,
                         help="--continue/--playlist: weight of the songs that a playlist's tags and title words "
                              "co-occur with, added to its song scores (both standardised); 0: song scores alone")
-    parser.add_argument("--baseline", choices=["pop", "itemknn", "ease"], default=None,
+    parser.add_argument("--baseline", choices=["pop", "itemknn", "ease", "ials"], default=None,
                         help="--continue/--playlist: songs from this non-neural baseline (baselines.py) fitted on "
                              "the checkpoint's split instead of the model, or without --checkpoint on --dataset's")
     parser.add_argument("--data_dir", default="data", help="--baseline without --checkpoint: the split's directory")

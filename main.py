@@ -26,8 +26,8 @@ import dataloader
 import distributed
 from evaluate import item_names, recommend, score
 from metrics import arena_line, arena_score
-from model import MODELS, build_model, load_pretrained, model_size
-from optim import OPTIMIZERS, make_step, uses_sparse_updates
+from model import MODELS, build_model, init_embeddings, load_pretrained, model_size
+from optim import FUSED_OPTIMIZERS, OPTIMIZERS, make_step, uses_sparse_updates
 from runs import (RESUMABLE_FLAGS, SaveDir, check_split_unchanged, compact, load_checkpoint,
                   load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint)
 from training import Diverged, Position, Stopped, epoch_size, train_epoch
@@ -53,6 +53,13 @@ def build_parser():
     p.add_argument("--num_neg", type=int, default=4, help="training negatives per positive, redrawn every epoch")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--l2", type=float, default=0.0, help="weight decay")
+    p.add_argument("--touched_l2", type=float, default=0.0,
+                   help="L2 added to each sample's gradient on the parameters it touches (its user's and item's "
+                        "embedding rows and biases, the dense parameters), as per-example SGD applies it (Rendle et "
+                        "al. 2020); with --optim adam or sgd")
+    p.add_argument("--init_std", type=float, default=None,
+                   help="standard deviation of the embeddings' normal initialisation (default 0.01, the NCF paper's; "
+                        "biases start at 0)")
     p.add_argument("--beta1", type=float, default=0.9, help="Adam's beta1")
     p.add_argument("--beta2", type=float, default=0.999, help="Adam's beta2")
     p.add_argument("--optim", choices=OPTIMIZERS, default="adam")
@@ -116,13 +123,17 @@ def parse_args(argv=None):
     for flag in ("epochs", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "topk", "threads", "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    for flag in ("patience", "l2"):
+    for flag in ("patience", "l2", "touched_l2"):
         if getattr(args, flag) < 0:
             p.error(f"--{flag} must not be negative, got {getattr(args, flag)}")
     for flag in ("lr", "finetune_lr"):
         value = getattr(args, flag)
         if value is not None and not (value > 0 and math.isfinite(value)):
             p.error(f"--{flag} must be a positive number, got {value}")
+    if args.init_std is not None and not (args.init_std > 0 and math.isfinite(args.init_std)):
+        p.error(f"--init_std must be a positive number, got {args.init_std}")
+    if args.touched_l2 and (args.optim not in FUSED_OPTIMIZERS or args.amp):
+        p.error(f"--touched_l2 needs --optim {' or '.join(FUSED_OPTIMIZERS)} without --amp (the fused step)")
     if args.pretrain_epochs is not None and args.pretrain_epochs < 1:
         p.error(f"--pretrain_epochs must be at least 1, got {args.pretrain_epochs}")
     if not 0 <= args.alpha <= 1:
@@ -321,6 +332,8 @@ def build(args, data, ctx, checkpoint):
         note_update_rule_change(checkpoint, sparse, args, ctx)
     model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model,
                         sparse).to(ctx.device)
+    if args.init_std is not None:
+        init_embeddings(model, args.init_std)
     if args.pretrain_gmf and checkpoint is None and ctx.is_main:  # the other ranks get these weights from rank 0
         gmf, mlp = load_pretrained_checkpoints(args, data, ctx.device)
         load_pretrained(model, gmf["model"], mlp["model"], args.alpha)

@@ -169,10 +169,10 @@ def model_size(num_users, num_items, factor=8, num_layers=3, model="neumf"):
     return params, sum(embedding_dims) + sum(n_out for _, n_out in layer_shapes)
 
 
-def init_embeddings(model):
-    """N(0, 0.01) embeddings, as the NCF paper's code; biases (embeddings of width 1) start at zero."""
+def init_embeddings(model, std=0.01):
+    """N(0, std) embeddings (0.01: the NCF paper's code); biases (embeddings of width 1) start at zero."""
     for embedding in model.embeddings():
-        nn.init.normal_(embedding.weight, std=0.01 if embedding.embedding_dim > 1 else 0.0)
+        nn.init.normal_(embedding.weight, std=std if embedding.embedding_dim > 1 else 0.0)
 
 
 def per_item(table, items):

@@ -175,10 +175,11 @@ class FusedStep:
     it after moving the model."""
 
     def __init__(self, model, optim="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, l2=0.0, sparse=True, ctx=None,
-                 batch_size=None):
+                 batch_size=None, touched_l2=0.0):
         if optim not in FUSED_OPTIMIZERS or (sparse and l2):
             raise ValueError(f"FusedStep: --optim {optim} with --l2 {l2} and sparse={sparse} is not supported")
         self.optim, self.lr, self.betas, self.eps, self.l2, self.sparse = optim, lr, betas, eps, l2, sparse
+        self.touched_l2 = touched_l2
         self.ctx = ctx
         self.max_shard_rows = 2 * -(-batch_size // ctx.world_size) if ctx is not None and ctx.world_size > 1 else 0
         device = next(model.parameters()).device
@@ -211,12 +212,21 @@ class FusedStep:
         ids = self.tables.pair_rows(users, items)
         pairs = self.tables.weights.index_select(0, ids).view(len(users), 2 * self.tables.width)
         row_grads, loss = self.gradients(self.tables, self.dense, pairs, labels, scale)
+        if self.touched_l2:
+            self.add_touched_l2(row_grads, pairs, scale)
         row_grads = row_grads.view(-1, self.tables.width)
         if self.ctx is not None and self.ctx.world_size > 1:
             self.ctx.sum_(self.dense.grad)
             ids, row_grads = self.ctx.gather_sparse_rows(ids, row_grads, self.max_shard_rows)
         self.update(ids, row_grads)
         return loss
+
+    def add_touched_l2(self, row_grads, pairs, scale):
+        """Each sample's gradient gets touched_l2 x the parameters it touches (its user's and item's rows, and the
+        dense parameters), weighed by `scale` as its loss is: per-example SGD's L2 on the rows in use, summed over
+        the batch."""
+        row_grads.add_(pairs, alpha=self.touched_l2 * scale)
+        self.dense.grad.add_(self.dense.values, alpha=self.touched_l2 * scale * len(pairs))
 
     def unique_rows(self, ids):
         """(rows, inverse) with rows[inverse] == ids and rows unique, in no particular order: like torch.unique,
@@ -350,7 +360,7 @@ def make_step(model, args, sparse, ctx):
     optimizer for the others and for --amp."""
     if args.optim in FUSED_OPTIMIZERS and not args.amp:
         return FusedStep(model, args.optim, args.lr, (args.beta1, args.beta2), l2=args.l2, sparse=sparse, ctx=ctx,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, touched_l2=args.touched_l2)
     trained = distributed.data_parallel(model, ctx, args.batch_size)
     betas = {"betas": (args.beta1, args.beta2)} if args.optim == "adam" else {}
     if sparse:

@@ -119,3 +119,48 @@ def test_command_line_tunes_on_validation_and_writes_results(tiny_split, tmp_pat
     assert last == f"ease {best}: HR@10 {results['hr']:.4f} NDCG@10 {results['ndcg']:.4f}"
     with pytest.raises(dataloader.InputError, match="holds an earlier run"):
         baselines.main(["--data_dir", data_dir, "--dataset", name, "--model", "pop", "--save_dir", save_dir])
+
+
+def ials_objective(model, data, l2, unobserved):
+    """Rendle et al. 2022's iALS loss of the model's embeddings, computed densely in float64."""
+    x = dense_training(data)
+    w, h = model.user_factors.double(), model.item_factors.double()
+    scores = w @ h.T
+    loss = ((scores - 1) ** 2 * x).sum() + unobserved * (scores ** 2).sum()
+    return loss + l2 * (((x.sum(1) + unobserved * data.num_items) * (w ** 2).sum(1)).sum()
+                        + ((x.sum(0) + unobserved * data.num_users) * (h ** 2).sum(1)).sum())
+
+
+def test_ials_solves_each_row_exactly_in_blocks(data, monkeypatch):
+    lengths = torch.tensor([0, 5, 1, 0, 12, 3, 7, 2, 9, 1, 4])
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    items = torch.randint(data.num_items, (int(lengths.sum()),), generator=torch.Generator().manual_seed(2))
+    factors = torch.randn(data.num_items, 6, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(baselines, "MAX_PADDED", 60)  # a few rows a block
+    solved = baselines.least_squares_rows(indptr, items, factors, 0.05, 0.3)
+    f = factors.double()
+    for row in range(len(lengths)):
+        held = f[items[indptr[row]:indptr[row + 1]]]
+        system = held.T @ held + 0.3 * f.T @ f + 0.05 * (len(held) + 0.3 * len(f)) * torch.eye(6, dtype=torch.float64)
+        expected = torch.linalg.solve(system, held.sum(0))
+        torch.testing.assert_close(solved[row].double(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_ials_epochs_never_raise_its_objective(data):
+    losses = [ials_objective(baselines.fit("ials", data, dim=8, l2=0.01, unobserved=0.5, epochs=epochs), data, 0.01,
+                             0.5) for epochs in (1, 2, 4, 8)]
+    assert all(later <= earlier * (1 + 1e-6) for earlier, later in zip(losses, losses[1:]))
+    assert losses[-1] < losses[0]
+
+
+def test_ials_beats_popularity_and_tunes_with_its_size_given(tiny_split, tmp_path, data):
+    pop, ials = (evaluate(baselines.fit(name, data, **params), data.test)
+                 for name, params in (("pop", {}), ("ials", {"dim": 16})))
+    assert ials[0] > pop[0] + 0.3
+    save_dir = str(tmp_path / "run")
+    baselines.main(["--data_dir", tiny_split[0], "--dataset", tiny_split[1], "--model", "ials", "--dim", "16",
+                    "--epochs", "4", "--tune", "--save_dir", save_dir])
+    with open(os.path.join(save_dir, "results.json")) as f:
+        results = json.load(f)
+    assert len(results["tuning"]) == 12 and all(row["params"]["dim"] == 16 for row in results["tuning"])
+    assert results["params"]["dim"] == 16 and results["params"]["epochs"] == 4
