@@ -38,7 +38,7 @@ DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0}, "ease": {
             "ials": {"dim": 64, "l2": 0.007, "unobserved": 0.3, "epochs": 16}}
 GRIDS = {"pop": {}, "itemknn": {"neighbours": [20, 50, 100, 200, 300, 500], "shrink": [0.0, 10.0, 100.0, 1000.0]},
          "ease": {"l2": [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]},
-         "ials": {"l2": [0.002, 0.004, 0.007, 0.012], "unobserved": [0.1, 0.3, 1.0]}}  # dim and epochs: given
+         "ials": {"l2": [0.003, 0.007, 0.015], "unobserved": [0.1, 0.3, 1.0]}}  # dim and epochs: given
 PARAMETERS = ("neighbours", "shrink", "l2", "dim", "unobserved", "epochs")  # the command line's, of any baseline
 MAX_PADDED = 1 << 22  # values of the padded [rows, length, dim] factors iALS gathers at once
 MAX_PAIRS = 1 << 24  # item pairs counted at once when building co-occurrence counts (8 bytes an index)

@@ -4,8 +4,10 @@
     python3 reproduce.py table2-neumf-16              # run one; main.py's last line is the result
     python3 reproduce.py ml1m-mf-256 --seed 1 --save_dir runs/mf256-seed1   # extra flags go to its command
 
-`$ML1M` in a command stands for the NCF paper's ML-1M files in ../shared/data/ncf-ml-1m. An experiment on a
-split that split.py makes (Last.fm) makes it first when its files are missing. An experiment scored again
+`$ML1M` in a command stands for the NCF paper's ML-1M files in data/ (`datasets.py ml-1m`), `$ML1M_VAL` for the same
+with a training item per user held out for validation (`datasets.py ml-1m --val`). An experiment on a split of
+data/ that datasets.py or split.py makes (ML-1M, Last.fm, the Arena splits) makes it first when its files are
+missing, fetching the public data from the copy under ../shared/data where a machine has one. An experiment scored again
 with full ranking runs evaluate.py on its best.pt after training (in SAVE_DIR, by default
 runs/reproduce/NAME/DATE-TIME).
 
@@ -24,13 +26,26 @@ from dataclasses import dataclass
 from utils import PINNED_NUMERICS, Parser, run_cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the commands run here
-ML1M = "--data_dir ../shared/data/ncf-ml-1m --dataset ml-1m"
-LASTFM = "../shared/data/lastfm-hetrec2011/user_artists.dat"
+ML1M = "--data_dir data --dataset ml-1m"
+ML1M_VAL = "--data_dir data --dataset ml-1m_val"  # the same with a training item per user held out for validation
+LASTFM = "data/lastfm-hetrec2011/user_artists.dat"
+SHARED = os.path.join(ROOT, "..", "shared", "data")  # copies of the public data sets, on machines without network
+
+
+def fetch(name, flags=""):
+    """The datasets.py command that fetches `name`; from the copy under ../shared/data where there is one."""
+    copy = os.path.abspath(os.path.join(SHARED, {"ml-1m": "ncf-ml-1m", "lastfm": "lastfm-hetrec2011"}[name]))
+    return f"datasets.py {name}{flags}" + (f" --base_url file://{copy}/" if os.path.isdir(copy) else "")
+
+
 SYNTHETIC = {"sample": "synthetic.py --out data/sample", "melon_syn": "synthetic.py --scale melon --out data/melon_syn"}
-SPLITS = {  # dataset -> the split.py command that makes it in data/ (commands joined by && run in turn)
-    "lastfm_random": f"split.py --input {LASTFM} --out_dir data --name lastfm_random --test_item random",
-    "lastfm_val": f"split.py --input {LASTFM} --out_dir data --name lastfm_val --test_item random --val",
-    "lastfm": f"split.py --input {LASTFM} --out_dir data --name lastfm",
+SPLITS = {  # dataset -> the commands that make it in data/ (commands joined by && run in turn)
+    "ml-1m": fetch("ml-1m"),
+    "ml-1m_val": fetch("ml-1m", " --val"),
+    "lastfm_random": fetch("lastfm"),
+    "lastfm_val": f"{fetch('lastfm')} && split.py --input {LASTFM} --out_dir data --name lastfm_val --test_item random "
+                  "--val",
+    "lastfm": f"{fetch('lastfm')} && split.py --input {LASTFM} --out_dir data --name lastfm",
     **{f"{raw.split('_')[0]}_arena": f"{SYNTHETIC[raw]} && split.py --input data/{raw}/train.json --out_dir data "
        f"--name {raw.split('_')[0]}_arena --arena" for raw in SYNTHETIC},  # Arena splits: sample_arena, melon_arena
     **{f"{raw.split('_')[0]}_noq": f"{SYNTHETIC[raw]} && split.py --input data/{raw}/train.json --out_dir data "
@@ -39,6 +54,11 @@ SPLITS = {  # dataset -> the split.py command that makes it in data/ (commands j
 }
 DOCS = ("README.md", "RESULTS.md", "PERFORMANCE.md")  # the documents that report figures
 MF = "--model mf --num_neg 8 --batch_size 4096 --lr 3e-3 --no-sparse --epochs 40"
+# Rendle et al. 2020's MF recipe: logistic loss, 8 negatives, per-example SGD at lr 0.002 with L2 0.005 on the
+# parameters each example touches, N(0, 0.1) embeddings; here a batch of 1024 examples' updates summed (lr 0.002 x 1024
+# on the batch's mean loss)
+RENDLE_MF = ("--no-exclude_test_neg --model mf --num_neg 8 --optim sgd --batch_size 1024 --lr 2.048 --touched_l2 0.005 "
+             "--init_std 0.1")
 
 
 @dataclass
@@ -54,7 +74,7 @@ class Experiment:
         return self.command.split()[0]
 
     def argv(self):
-        return shlex.split(self.command.replace("$ML1M", ML1M))
+        return shlex.split(self.command.replace("$ML1M_VAL", ML1M_VAL).replace("$ML1M", ML1M))
 
 
 def table2(factor, pretrain):
@@ -66,6 +86,13 @@ def table2(factor, pretrain):
              (32, False): "0.701 / 0.425", (64, False): "0.705 / 0.426"}[factor, pretrain]
     flags = " --pretrain --finetune_optim sgd --finetune_lr 2" if pretrain else ""
     return Experiment(f"main.py $ML1M --no-exclude_test_neg --no-sparse --latent_dim_mf {factor}{flags}", paper, ours)
+
+
+def rendle_mf(dim, epochs=256, readme=""):
+    """Rendle et al. 2020's MF recipe on ML-1M at size `dim` counted as their code counts it (dim - 1 factors plus a
+    bias a user and an item), the epoch chosen on validation; their figure (Figure 2, mean of 8 runs) at 192."""
+    return Experiment(f"main.py $ML1M_VAL {RENDLE_MF} --latent_dim_mf {dim - 1} --epochs {epochs}",
+                      "0.7294 / 0.4523" if dim == 192 else "", readme, full_ranking=bool(readme))
 
 
 LARGE_BATCHES = [  # batch, lr, betas, negatives, dense, README figure: the README's large-batch table
@@ -140,6 +167,7 @@ EXPERIMENTS = {
     "ml1m-mf-256": Experiment(f"main.py $ML1M --no-exclude_test_neg {MF} --latent_dim_mf 256 --l2 1e-6 "
                               "--patience 3", "0.730 / 0.447 (the paper's best NeuMF)", "0.7031 / 0.4277",
                               full_ranking=True),
+    **{f"ml1m-rendle-mf-{dim}": rendle_mf(dim) for dim in (16, 32, 64, 128, 192)},
     "ml1m-large-batch": Experiment("main.py $ML1M --no-exclude_test_neg --batch_size 16384 --lr 0.01 --num_neg 8 "
                                    "--no-sparse --threads 2", "0.688 / 0.410", "0.6912 / 0.4201"),
     **{large_batch_name(*row[:5]): large_batch(*row) for row in LARGE_BATCHES},

@@ -162,5 +162,5 @@ def test_ials_beats_popularity_and_tunes_with_its_size_given(tiny_split, tmp_pat
                     "--epochs", "4", "--tune", "--save_dir", save_dir])
     with open(os.path.join(save_dir, "results.json")) as f:
         results = json.load(f)
-    assert len(results["tuning"]) == 12 and all(row["params"]["dim"] == 16 for row in results["tuning"])
+    assert len(results["tuning"]) == 9 and all(row["params"]["dim"] == 16 for row in results["tuning"])
     assert results["params"]["dim"] == 16 and results["params"]["epochs"] == 4

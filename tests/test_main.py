@@ -77,7 +77,8 @@ def test_optimizers_and_models_run(shared_split, tmp_path):
 
 @pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch_size", "-1"), ("--lr", "0"),
                                         ("--num_neg", "0"), ("--optim", "lbfgs"), ("--gpu", "x1"),
-                                        ("--latent_dim_mf", "abc"), ("--l2", "-0.1"), ("--pretrain_gmf", "a.pt")])
+                                        ("--latent_dim_mf", "abc"), ("--l2", "-0.1"), ("--pretrain_gmf", "a.pt"),
+                                        ("--touched_l2", "-1"), ("--init_std", "0")])
 def test_bad_flags_give_one_line_and_status_2(shared_split, tmp_path, monkeypatch, capsys, flag, value):
     data_dir, _ = shared_split
     monkeypatch.setattr(sys, "argv", ["main.py", "--data_dir", data_dir, *TINY, "--save_dir", str(tmp_path / "run"),
