@@ -197,6 +197,7 @@ EXPERIMENTS = {
                                "0.6596 / 0.3900 (ItemKNN CF, Dacrema et al. 2019)", "0.6662 / 0.3969"),
     "ml1m-ease": Experiment("baselines.py $ML1M --model ease --tune",
                             "0.7161 / 0.4470 (SLIM, the linear model of Dacrema et al. 2019)", "0.7096 / 0.4495"),
+    "ml1m-ials-tune": Experiment("baselines.py $ML1M --model ials --dim 64 --epochs 16 --tune"),
     "sample-pop": Experiment("baselines.py --model pop", readme="0.0419 / 0.0172"),
     "sample-itemknn": Experiment("baselines.py --model itemknn --tune", readme="0.5889 / 0.2978"),
     "sample-ease": Experiment("baselines.py --model ease --tune", readme="0.5459 / 0.2730"),
