@@ -2,7 +2,7 @@
 sampled and full-ranking evaluation time, and peak memory. By default on a Melon-scale synthetic split
 (115,071 playlists, built on first use under data/bench), with the seed's settings.
 
-    python3 bench.py                                         # CPU, batch 1024, 4 negatives, E=8, L=3
+    python3 bench.py                                         # CPU, batch 1024, 4 negatives, the seed's model
     python3 bench.py --batch_size 16384 --lr 0.01 --num_neg 8 --no-sparse --threads 2    # large batch
     python3 bench.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m --per_sample_steps 1000   # and a
                                                             # per-sample DataLoader pipeline for comparison
