@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import NCF, build_model
+from model import NCF, ModelConfig, build_model
 import optim
 from optim import AutogradStep, FusedStep, LazyAdam
 
@@ -14,10 +14,10 @@ SHAPES = [(8, 3), (4, 1), (16, 2), (5, 4)]
 
 def twin_models(users=12, items=15, factor=4, layers=2, kind="neumf", std=0.3):
     torch.manual_seed(0)
-    dense = build_model(users, items, factor, layers, kind)
+    dense = build_model(ModelConfig(kind, factor, layers), users, items)
     for p in dense.parameters():
         torch.nn.init.normal_(p, std=std)
-    sparse = build_model(users, items, factor, layers, kind, sparse=True)
+    sparse = build_model(ModelConfig(kind, factor, layers), users, items, sparse=True)
     sparse.load_state_dict(dense.state_dict())
     return dense, sparse
 
@@ -311,14 +311,14 @@ def test_rendles_recipe_batched_reaches_the_quality_of_one_example_at_a_time(tmp
     (A per-example lr of 0.2 rather than the recipe's 0.002, to learn in 4 epochs.)"""
     from conftest import write_split
     import dataloader
-    from evaluate import evaluate
     from model import init_embeddings
+    from scoring import evaluate
     split = write_split(tmp_path, users=30, items=90, clusters=3, per_user=10)
     data = dataloader.load(*split, exclude_test_negatives=False)
     scores = []
     for size in (1, 32):
         torch.manual_seed(0)
-        model = build_model(data.num_users, data.num_items, 8, model="mf")
+        model = build_model(ModelConfig("mf", 8), data.num_users, data.num_items)
         init_embeddings(model, 0.1)
         step = FusedStep(model, "sgd", lr=0.2 * size, sparse=True, touched_l2=0.005)
         for epoch in range(4):
