@@ -130,6 +130,7 @@ ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULT
     "arena-sample-pop": arena("sample", "evaluate.py --baseline pop {arena} {questions}", "0.0264 / 0.2579 / 0.0612"),
     "arena-sample-itemknn": arena("sample", "evaluate.py --baseline itemknn {arena} {questions}",
                                   "0.2165 / 0.6003 / 0.2741"),
+    "arena-sample-ials": arena("sample", "evaluate.py --baseline ials {arena} {questions}", "0.2148 / 0.6003 / 0.2726"),
     "arena-sample-foldin": Experiment(
         "main.py --data_dir data --dataset sample_noq", readme="0.1899 / 0.5983 / 0.2512",
         then="evaluate.py --checkpoint {save_dir}/best.pt --continue data/sample_arena.questions.json "
