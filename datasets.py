@@ -13,6 +13,7 @@ a final name. Without network the command says in one line where to download the
 them, and exits with status 2 (within a minute: each connection waits at most TIMEOUT seconds).
 """
 import os
+import http.client
 import shutil
 import tempfile
 import urllib.error
@@ -37,17 +38,14 @@ VAL_SEED = 0  # the validation items of --val
 class Source:
     base_url: str  # the directory the files are fetched from
     files: dict  # file name at the source -> its sha256, or None where its shape is checked instead
-    about: str  # what it is, for the messages
 
 
-SOURCES = {
+SOURCES = {  # the NCF paper's own ML-1M files (He et al. 2017, its repository's Data/); HetRec 2011 Last.fm-2k
     "ml-1m": Source("https://raw.githubusercontent.com/hexiangnan/neural_collaborative_filtering/master/Data/",
                     {"ml-1m.train.rating": None,
                      "ml-1m.test.rating": "231ae11eb060b643a8c58c063cd17ffc743b54f569afb073d1abb6cf126b88b5",
-                     "ml-1m.test.negative": "127853228a76b7d21c0481e8ef8d00dd009cd5c88670dbdd9e9debfdb9f93de4"},
-                    "the NCF paper's MovieLens-1M files (He et al. 2017, its repository's Data/ folder)"),
-    "lastfm": Source("https://files.grouplens.org/datasets/hetrec2011/", {"hetrec2011-lastfm-2k.zip": None},
-                     "HetRec 2011 Last.fm-2k (GroupLens)"),
+                     "ml-1m.test.negative": "127853228a76b7d21c0481e8ef8d00dd009cd5c88670dbdd9e9debfdb9f93de4"}),
+    "lastfm": Source("https://files.grouplens.org/datasets/hetrec2011/", {"hetrec2011-lastfm-2k.zip": None}),
 }
 ML1M_SHAPE = (994_169, 6_040, 3_706)  # ml-1m.train.rating's pairs, users and items (ids 0 .. n - 1)
 LASTFM_SHAPE = (92_834, 1_892, 17_632)  # user_artists.dat's rows, distinct users and artists
@@ -72,7 +70,7 @@ def download(url, path, by_hand):
             for block in iter(lambda: response.read(CHUNK), b""):
                 f.write(block)
                 received += len(block)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise InputError(f"cannot fetch {url} ({reason}): download it by hand into {by_hand}, or give another "
                          f"source with --base_url") from None
@@ -92,9 +90,10 @@ def fetch(source, base_url, out_dir, stack, keep=True):
         url = urllib.parse.urljoin(base_url, name)
         print(f"fetching {url}", flush=True)
         download(url, paths[name], final)
-        if sha256 is not None and file_sha256(paths[name]) != sha256:
-            raise InputError(f"{url}: not the expected file (sha256 {file_sha256(paths[name])[:16]}..., expected "
-                             f"{sha256[:16]}...): a corrupted copy or another version; nothing was written")
+        digest = file_sha256(paths[name]) if sha256 is not None else None
+        if digest != sha256:
+            raise InputError(f"{url}: not the expected file (sha256 {digest[:16]}..., expected {sha256[:16]}...): a "
+                             f"corrupted copy or another version; nothing was written")
     return paths
 
 

@@ -114,7 +114,7 @@ def test_a_changed_training_file_fails_its_shape_check(serve, tmp_path, monkeypa
     (source / "ml-1m.test.rating").write_text("0\t3\t5\t0\n")
     (source / "ml-1m.test.negative").write_text("(0,3)\t4\n")
     monkeypatch.setattr(datasets, "SOURCES", {"ml-1m": datasets.Source("", dict.fromkeys(
-        ("ml-1m.train.rating", "ml-1m.test.rating", "ml-1m.test.negative")), "tiny")})
+        ("ml-1m.train.rating", "ml-1m.test.rating", "ml-1m.test.negative")))})
     out = tmp_path / "data"
     done = fetch("ml-1m", "--out_dir", out, "--base_url", serve(str(source)))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
@@ -129,7 +129,7 @@ def test_a_cut_download_is_refused(serve, tmp_path, monkeypatch):
     source = tmp_path / "source"
     source.mkdir()
     (source / "ml-1m.train.rating").write_text("0\t1\t5\t0\n")
-    monkeypatch.setattr(datasets, "SOURCES", {"ml-1m": datasets.Source("", {"ml-1m.train.rating": None}, "tiny")})
+    monkeypatch.setattr(datasets, "SOURCES", {"ml-1m": datasets.Source("", {"ml-1m.train.rating": None})})
     out = tmp_path / "data"
     done = fetch("ml-1m", "--out_dir", out, "--base_url", serve(str(source), CutHandler))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
