@@ -110,3 +110,14 @@ def test_sgd_fine_tuning_starts_from_the_pretrained_neumf(shared_split, tmp_path
     assert (results(save_dir)["hr"], results(save_dir)["ndcg"]) == pytest.approx((hr, ndcg), abs=1e-9)
     tuned = torch.load(os.path.join(save_dir, "best.pt"), weights_only=True)["model"]
     assert all(torch.allclose(tuned[k], v, atol=1e-6) for k, v in pretrained.state_dict().items())
+
+
+@pytest.mark.parametrize("name,dataset", [("ml1m-ials", "ml-1m"), ("ml1m-rendle-mf-64-epochs-40", "ml-1m_val")])
+def test_missing_ml1m_files_are_fetched_first(name, dataset, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce, "command", lambda argv, env=None: calls.append(argv[1:]) or 0)
+    monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))  # no data/ there
+    assert reproduce.run(name, [], str(tmp_path)) == 0
+    assert calls[0] == reproduce.SPLITS[dataset].split() and calls[0][:2] == ["datasets.py", "ml-1m"]
+    assert ("--val" in calls[0]) == (dataset == "ml-1m_val")
+    assert calls[1][:5] == [reproduce.EXPERIMENTS[name].script, "--data_dir", "data", "--dataset", dataset]
