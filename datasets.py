@@ -120,7 +120,8 @@ def check_shape(url, shape, expected):
 
 
 def fetch_ml1m(base_url, out_dir):
-    """data/ml-1m.{train,test}.rating and ml-1m.test.negative, checked, renamed into place together."""
+    """data/ml-1m.{train,test}.rating and ml-1m.test.negative, renamed into place together once the test files have
+    passed their sha256 and the training file its shape."""
     with ExitStack() as stack:
         paths = fetch(SOURCES["ml-1m"], base_url, out_dir, stack)
         train_url = urllib.parse.urljoin(base_url, "ml-1m.train.rating")
@@ -129,7 +130,7 @@ def fetch_ml1m(base_url, out_dir):
         except InputError as e:
             raise InputError(f"{train_url}: not a ratings file ({str(e).split(': ', 1)[-1]}); nothing was "
                              f"written") from None
-        check_shape(train_url, (len(users), int(users.max()) + 1, int(items.max()) + 1), ML1M_SHAPE)  # the test files passed their sha256
+        check_shape(train_url, (len(users), int(users.max()) + 1, int(items.max()) + 1), ML1M_SHAPE)
     return [os.path.join(out_dir, name) for name in SOURCES["ml-1m"].files]
 
 

@@ -293,9 +293,10 @@ def test_touched_l2_in_a_batch_is_the_l2_of_each_samples_parameters(sparse):
     for seed in range(3):
         users, items, labels = batch(20, 25, 64, seed)  # rows repeat within a batch
         reference.zero_grad()
-        touched = sum((t.weight[ids] ** 2).sum() for t, ids in ((reference.user_gmf, users), (reference.item_gmf, items),
-                                                                 (reference.user_bias, users), (reference.item_bias, items)))
-        loss = loss_of(reference, users, items, labels) + 0.2 / 2 * (touched + len(users) * reference.bias ** 2) / len(users)
+        tables = ((reference.user_gmf, users), (reference.item_gmf, items), (reference.user_bias, users),
+                  (reference.item_bias, items))
+        touched = sum((table.weight[ids] ** 2).sum() for table, ids in tables) + len(users) * reference.bias ** 2
+        loss = loss_of(reference, users, items, labels) + 0.2 / 2 * touched / len(users)
         loss.sum().backward()
         with torch.no_grad():
             for p in reference.parameters():
