@@ -29,8 +29,7 @@ import distributed
 import main
 from evaluate import full_ranks, sampled_ranks
 from model import build_model
-from optim import make_step, uses_sparse_updates
-from training import Position, epoch_size, train_epoch
+from training import Position, epoch_size, make_step, train_epoch, uses_sparse_updates
 from utils import InputError, Parser, atomic_open, cpu_name, run_cli
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from dataloader import csr_rows, row_ids
 from metrics import ARENA_SONGS, ARENA_TAGS, check_arena_results
+from model import checked_scorer
 from split import check_unique_ids, read_playlists
 from utils import MISSING, InputError, atomic_open, read_json
 
@@ -193,7 +194,7 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
     for p in frozen:
         p.requires_grad_(False)
     try:
-        score = folded.candidate_scorer()
+        score = checked_scorer(folded)
         for _ in range(steps):
             negatives = torch.randint(num_items, (len(songs), num_neg), generator=generator, device=device)
             loss = F.binary_cross_entropy_with_logits(score(rows, torch.cat([songs[:, None], negatives], 1)), labels)
@@ -325,7 +326,7 @@ def model_songs(model, num_items, fold_in_all=False, timings=None):
         if timings is not None:
             timings.update(fold_in_seconds=time.perf_counter() - started, folded_in=len(rows))
         with torch.no_grad():
-            trained, folded_score = model.candidate_scorer(), folded.candidate_scorer() if folded else None
+            trained, folded_score = checked_scorer(model), checked_scorer(folded) if folded else None
 
         @torch.no_grad()
         def scores_for(positions):
