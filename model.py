@@ -197,8 +197,8 @@ def forward_scorer(model, block_pairs=1 << 16):
 
 def scorer_agrees(model, users=3, candidates=16, tolerance=1e-4):
     """(agrees, why not): whether model.candidate_scorer() gives forward's logits (within `tolerance` of their
-    largest magnitude), in eval mode, for `users` random users on `candidates` random items each and on every
-    item, on a small_copy of the model in eval mode. The model and torch's random state are left as they were."""
+    largest magnitude) for `users` random users on `candidates` random items each and on every item, on a
+    small_copy of the model in eval mode. The model and torch's random state are left as they were."""
     device = next(model.parameters()).device
     model = small_copy(model).eval()
     num_users, num_items = table_rows(model)

@@ -2,9 +2,10 @@
 checkpoints record).
 
 make_step builds the step the flags ask for (optim.py): the fused one where it agrees with the model's forward,
-else autograd through forward; train_epoch draws an epoch's samples (dataloader.py), deals its global batches out across the ranks and feeds
-them to a training step (optim.py), logging the loss and honouring stop requests every --log_every steps;
-Position is the run's place: epochs done, steps and loss into the next one, steps in all, history and best.
+else autograd through forward. train_epoch draws an epoch's samples (dataloader.py), deals its global batches out
+across the ranks and feeds them to the training step, logging the loss and honouring stop requests every
+--log_every steps; Position is the run's place: epochs done, steps and loss into the next one, steps in all,
+history and best.
 """
 import math
 import sys
