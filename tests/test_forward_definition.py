@@ -11,7 +11,7 @@ import continuation
 import model as model_module
 import training
 from conftest import TINY, results, run_script
-from model import NCF, build_model, checked_scorer, forward_scorer, scorer_agrees
+from model import NCF, ModelConfig, build_model, checked_scorer, forward_scorer, scorer_agrees
 from optim import fused_step_agrees
 
 FORWARD = NCF.forward
@@ -108,7 +108,7 @@ def test_step_fused_with_a_disagreeing_forward_is_a_one_line_error(shared_split,
                                              ("sgd", False, 1e-4)])
 def test_the_fused_step_agrees_with_forward_and_leaves_everything_as_it_was(kind, optim, sparse, l2):
     torch.manual_seed(0)
-    model = build_model(30, 40, 8, 3, kind, sparse).train(False)
+    model = build_model(ModelConfig(kind, 8, 3), 30, 40, sparse).train(False)
     for embedding in model.embeddings():
         torch.nn.init.normal_(embedding.weight, std=0.3)
     state, rng = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
@@ -121,14 +121,14 @@ def test_the_fused_step_agrees_with_forward_and_leaves_everything_as_it_was(kind
 @pytest.mark.parametrize("forward,why", [(scaled, "loss"), (negated, "loss"), (dropped_out, "not reproducible")])
 def test_a_changed_forward_disagrees(monkeypatch, forward, why):
     monkeypatch.setattr(NCF, "forward", forward)
-    agrees, reason = fused_step_agrees(build_model(30, 40, 8, 3, "neumf"))
+    agrees, reason = fused_step_agrees(build_model(ModelConfig(), 30, 40))
     assert not agrees and why in reason
 
 
 def test_the_scorer_is_checked_once_a_model_and_scores_through_forward_where_it_disagrees(monkeypatch):
     verdicts = []
     monkeypatch.setattr(model_module, "scorer_agrees", lambda model: verdicts.append(model) or (False, "told so"))
-    model, said = build_model(30, 40, 8, 3, "neumf"), []
+    model, said = build_model(ModelConfig(), 30, 40), []
     users, items = torch.tensor([3, 7]), torch.tensor([[1, 2, 3], [4, 5, 39]])
     for _ in range(3):
         score = checked_scorer(model, said.append)
@@ -144,7 +144,7 @@ def test_fold_in_trains_through_forward(monkeypatch):
     """A negated forward: folding a playlist in raises its songs' logits by that forward, not by candidate_scorer's."""
     monkeypatch.setattr(NCF, "forward", negated)
     torch.manual_seed(0)
-    model = NCF(num_users=8, num_items=60, factor=4, num_layers=1)
+    model = NCF(num_users=8, num_items=60, latent_dim_mf=4, num_layers=1)
     with torch.no_grad():
         model.item_gmf.weight.copy_(torch.eye(4)[torch.arange(60) // 15] + 0.05 * torch.randn(60, 4))
         model.predict.weight[0, :4] = 1.0
