@@ -32,10 +32,9 @@ import split
 import synthetic
 from arena import read_questions
 from model import ModelConfig, build_model
-from optim import make_step, uses_sparse_updates
 from runs import load_checkpoint, model_from_checkpoint
 from scoring import full_ranks, sampled_ranks
-from training import Position, epoch_size, train_epoch
+from training import Position, epoch_size, make_step, train_epoch, uses_sparse_updates
 from utils import InputError, Parser, atomic_open, cpu_name, run_cli
 
 
