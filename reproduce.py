@@ -177,6 +177,7 @@ EXPERIMENTS = {
                               full_ranking=True),
     **{f"ml1m-rendle-mf-{dim}": rendle_mf(dim) for dim in (16, 32, 64, 128, 192)},
     "ml1m-rendle-mf-64-epochs-40": rendle_mf(64, 40, "0.6356 / 0.3687"),
+    "ml1m-rendle-mf-64-epochs-160": rendle_mf(64, 160, "0.7228 / 0.4451"),
     "ml1m-val-neumf-8": Experiment("main.py $ML1M_VAL --no-exclude_test_neg --no-sparse --latent_dim_mf 8",
                                    "0.688 / 0.410", "0.6791 / 0.4017", full_ranking=True),
     "ml1m-val-mf-64": Experiment(f"main.py $ML1M_VAL --no-exclude_test_neg {MF} --latent_dim_mf 64 --l2 1e-6 "
