@@ -31,7 +31,7 @@ from evaluate import full_ranks, sampled_ranks
 from model import build_model
 from optim import make_step, uses_sparse_updates
 from training import Position, epoch_size, train_epoch
-from utils import InputError, Parser, atomic_open, cpu_name, run_cli
+from utils import InputError, Parser, atomic_open, check_output, cpu_name, run_cli
 
 
 def peak_rss_gib():
@@ -173,6 +173,9 @@ def parse_flags():
     for flag in ("full_users", "per_sample_steps", "startup"):
         if getattr(own, flag) < 0:
             parser.error(f"--{flag} must not be negative, got {getattr(own, flag)}")
+    if own.json:
+        own.json = check_output(own.json, "--json", [("--continuation", own.continuation),
+                                                     ("--questions", own.questions)])
     return own, rest
 
 

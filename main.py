@@ -28,7 +28,7 @@ from evaluate import item_names, recommend, score
 from metrics import arena_line, arena_score
 from model import MODELS, build_model, load_pretrained, model_size
 from optim import OPTIMIZERS, make_step, uses_sparse_updates
-from runs import (RESUMABLE_FLAGS, SaveDir, check_split_unchanged, compact, load_checkpoint,
+from runs import (RESUMABLE_FLAGS, SaveDir, carry_best, check_split_unchanged, compact, load_checkpoint,
                   load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint)
 from training import Diverged, Position, Stopped, epoch_size, train_epoch
 from utils import InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
@@ -229,8 +229,12 @@ def run_stages(args, ctx, given, checkpoint=None):
         provenance = run_provenance(args, ctx.device)
         if checkpoint is not None:
             check_split_unchanged(checkpoint, args, f"--resume {args.resume}", provenance["split_files"])
-        claim = SaveDir.claim(args, ctx, continuing=checkpoint is not None or distributed.restarted())
+        resumed_here = checkpoint is not None and os.path.abspath(os.path.dirname(args.resume) or ".") == \
+            os.path.abspath(args.save_dir)
+        claim = SaveDir.claim(args, ctx, continuing=resumed_here or distributed.restarted())
         args.save_dir = claim.path
+        if checkpoint is not None and not resumed_here:
+            carry_best(args.resume, args.save_dir)
     args.save_dir = ctx.broadcast(args.save_dir)
     try:
         if args.pretrain:
@@ -264,13 +268,17 @@ def resume(args, given):
     if "optimizer" not in checkpoint:
         raise InputError(f"--resume {args.resume}: holds the model only (a best.pt); continue from the run's last.pt")
     overrides = {flag: getattr(args, flag) for flag in RESUMABLE_FLAGS if flag in given or flag == "resume"}
+    # the run continues where its last.pt is (a copied run's copy), or in --save_dir: never in the directory the
+    # checkpoint names, which may be another run's
+    save_dir = args.save_dir if "save_dir" in given else os.path.dirname(args.resume) or "."
     args.__dict__.update(checkpoint["config"])
-    args.__dict__.update(overrides)
+    args.__dict__.update(overrides, save_dir=save_dir)
     if os.environ.get("RANK", "0") == "0":
         within = f" and {checkpoint['step']} steps of epoch {checkpoint['epoch'] + 1}" if checkpoint.get("step") else ""
         print(f"resuming {args.resume} after epoch {checkpoint['epoch']}{within} with its configuration: "
               f"{args.model} on {args.dataset or 'the default data set'}, epochs {checkpoint['epoch'] + 1} to "
-              f"{args.epochs}, --gpu {args.gpu}, --threads {args.threads}", flush=True)
+              f"{args.epochs}, --gpu {args.gpu}, --threads {args.threads}; writing into {save_dir}"
+              + (" (--save_dir)" if "save_dir" in given else ""), flush=True)
     return checkpoint
 
 

@@ -14,7 +14,8 @@ import time
 import torch
 
 import distributed
-from utils import InputError, atomic_path, code_provenance, file_sha256, lock_directory, one_line, point_symlink
+from utils import (InputError, atomic_path, code_provenance, file_sha256, lock_directory, one_line, point_symlink,
+                   remove_stale_temporaries)
 
 RUN_FILES = ("results.json", "last.pt", "best.pt")  # a run's outputs, which no other run may replace
 SPLIT_SUFFIXES = ("train.rating", "test.rating", "test.negative", "val.rating", "val.negative", "meta.json")
@@ -69,7 +70,7 @@ def load_checkpoint(path, device="cpu"):
     except Exception as e:  # torch.load fails in many ways on other files (KeyError on text, BadZipFile, ...)
         reason = ("not a file written by torch.save" if isinstance(e, (KeyError, pickle.UnpicklingError))
                   else "empty or cut short" if isinstance(e, EOFError)
-                  else one_line(e)[:120])
+                  else one_line(e, 120))
         raise InputError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not {"config", "model", "epoch"} <= checkpoint.keys() \
             or not isinstance(checkpoint["config"], dict) or not CONFIG_KEYS <= checkpoint["config"].keys():
@@ -223,6 +224,20 @@ def new_run_dir(parent):
     raise InputError(f"--save_dir: too many runs in {parent} started at {stamp}")
 
 
+def carry_best(resume_path, save_dir):
+    """SAVE_DIR/best.pt from the best.pt beside the --resume checkpoint, when there is one: a run resumed into
+    another directory keeps its best epoch so far."""
+    best = os.path.join(os.path.dirname(resume_path) or ".", "best.pt")
+    if os.path.exists(best):
+        with atomic_path(os.path.join(save_dir, "best.pt")) as tmp:
+            shutil.copyfile(best, tmp)
+
+
+def run_outputs(save_dir):
+    """The paths of what a run and its --pretrain stages write in SAVE_DIR (its RUN_FILES and results.md)."""
+    return [os.path.join(save_dir, stage, name) for stage in ("", "gmf", "mlp") for name in (*RUN_FILES, "results.md")]
+
+
 def earlier_run(save_dir):
     """The first output of an earlier run in SAVE_DIR or its --pretrain stages (SAVE_DIR/gmf, SAVE_DIR/mlp), or None."""
     paths = (os.path.join(save_dir, stage, name) for stage in ("", "gmf", "mlp") for name in RUN_FILES)
@@ -252,6 +267,8 @@ class SaveDir:
         except InputError:
             claim.abandon()
             raise
+        for path in run_outputs(claim.path):
+            remove_stale_temporaries(path)  # what a run killed while writing it left
         earlier = earlier_run(claim.path)
         if earlier and not continuing:
             if not args.overwrite:
@@ -260,10 +277,9 @@ class SaveDir:
                 raise InputError(f"--save_dir {claim.path} holds {finished} earlier run ({earlier}): continue it with "
                                  f"--resume {os.path.join(claim.path, 'last.pt')}, choose another --save_dir (or none, "
                                  f"for a new one under runs/{args.dataset}), or replace it with --overwrite")
-            for stage in ("", "gmf", "mlp"):
-                for name in (*RUN_FILES, "results.md"):
-                    if os.path.exists(os.path.join(claim.path, stage, name)):
-                        os.remove(os.path.join(claim.path, stage, name))
+            for path in run_outputs(claim.path):
+                if os.path.exists(path):
+                    os.remove(path)
             print(f"--overwrite: deleted the earlier run's results and checkpoints in {claim.path}", flush=True)
         return claim
 

@@ -30,11 +30,12 @@ from contextlib import ExitStack
 import numpy as np
 import pandas as pd
 
-from utils import MISSING, InputError, Parser, atomic_path, read_json, run_cli
+from utils import MISSING, InputError, Parser, atomic_path, plural, read_json, run_cli
 
 TEST_ITEM_RULES = ("latest", "last", "random")
 INT_TOKEN = r"-?\d{1,18}"
 BAD_DATE = np.iinfo(np.int64).min
+INT64 = np.iinfo(np.int64)
 PLAYLIST_FIELDS = {"id": "int", "songs": "ints", "tags": "strs", "plylst_title": "str", "like_cnt": "any",
                    "updt_date": "any"}  # train.json's; tags and title may be absent, like_cnt and updt_date anything
 ARENA_SEED = 777  # the Arena's split_data.py: random.seed(777)
@@ -72,8 +73,7 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     if melon:
         playlists = read_playlists(input_path)
         if exclude is not None:
-            dropped = {record[0] for record in read_playlists(exclude)}
-            playlists = [record for record in playlists if record[0] not in dropped]
+            playlists, num_excluded = excluded(input_path, playlists, exclude, questions)
         sources = [(input_path, playlists)] + [(path, read_playlists(path)) for path in questions]
         check_unique_ids(sources)
         asked = [record for _, records in sources[1:] for record in records]
@@ -133,6 +133,7 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
         meta["num_question_users"] = int(question.sum())
         meta["questions"] = [os.path.abspath(path) for path in questions]
         meta["exclude"] = os.path.abspath(exclude) if exclude is not None else None
+        meta["num_excluded"] = num_excluded if exclude is not None else 0
 
     columns = (user, item, rating, when)
     files = {
@@ -159,6 +160,21 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     if verbose:
         print(summary(meta, paths, time.time() - start))
     return meta
+
+
+def excluded(input_path, playlists, exclude, questions):
+    """(the playlists whose ids are not in the Arena file `exclude`, how many were left out); an InputError when
+    `exclude` is also a --questions file or leaves out none (its ids are not this train.json's: a wrong file)."""
+    for path in questions:
+        if os.path.exists(path) and os.path.exists(exclude) and os.path.samefile(path, exclude):
+            raise InputError(f"--exclude {exclude} is also --questions {path}: its playlists cannot be both left "
+                             f"out and asked")
+    dropped = {record[0] for record in read_playlists(exclude)}
+    kept = [record for record in playlists if record[0] not in dropped]
+    if len(kept) == len(playlists):
+        raise InputError(f"--exclude {exclude}: none of its {plural(len(dropped), 'playlist id')} is a playlist of "
+                         f"{input_path}, so it would leave out nothing")
+    return kept, len(playlists) - len(kept)
 
 
 def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed, val, name):
@@ -200,7 +216,7 @@ def check_records(path, records, kinds):
     if types(records) <= {tuple} and all(
             (allowed[kind] is None or types(r[column] for r in records) <= allowed[kind])
             and good_elements(kind, (r[column] for r in records)) for column, kind in enumerate(kinds.values())):
-        return
+        return check_id_range(path, records, kinds)
     want = {"int": "an integer", "ints": "a list of integer song ids", "date": "a YYYYMMDD string",
             "strs": "a list of strings", "str": "a string"}
     for index, record in enumerate(records):
@@ -212,6 +228,23 @@ def check_records(path, records, kinds):
             if allowed[kind] is not None and (type(value) not in allowed[kind] or not good_elements(kind, [value])):
                 raise InputError(f"{path}: record {index}: '{key}' must be {want[kind]}, "
                                  f"found {json.dumps(value)[:60]}")
+
+
+def check_id_range(path, records, kinds):
+    """An InputError naming the record of the first "int" or "ints" field value outside 64-bit integers (ids are
+    held as int64), for `records` of the right types."""
+    for column, (key, kind) in enumerate(kinds.items()):
+        if kind not in ("int", "ints"):
+            continue
+        lists = [[r[column]] for r in records] if kind == "int" else [r[column] for r in records]
+        try:
+            np.fromiter(itertools.chain.from_iterable(lists), np.int64)
+            continue
+        except OverflowError:
+            pass
+        index = next(i for i, values in enumerate(lists) if any(not INT64.min <= v <= INT64.max for v in values))
+        wild = next(v for v in lists[index] if not INT64.min <= v <= INT64.max)
+        raise InputError(f"{path}: record {index}: '{key}' holds {wild}, beyond the 64-bit integers that ids are")
 
 
 def read_playlists(path):
@@ -589,24 +622,34 @@ def write_all(out_dir, files):
 def summary(meta, paths, seconds):
     """A one-screen account of the split."""
     s, f = meta["stats"], meta["filters"]
-    users, items = ("playlists", "songs") if meta["format"] == "melon" else ("users", "items")
+    user, item = ("playlist", "song") if meta["format"] == "melon" else ("user", "item")
+
+    def users(n):
+        return plural(n, user)
+
+    def items(n):
+        return plural(n, item)
+
     lines = [
         f"split {meta['name']} ({meta['format']}): {meta['source']}",
-        f"  raw        {s['raw_users']:,} {users}, {s['raw_items']:,} {items}, {s['raw_interactions']:,} interactions",
-        f"  removed    {s['duplicates_removed']:,} duplicates; "
-        + (f"{s['dropped_bad_date_songs']:,} songs with unparseable dates, {s['dropped_unknown_songs']:,} missing "
+        f"  raw        {users(s['raw_users'])}, {items(s['raw_items'])}, {plural(s['raw_interactions'], 'interaction')}",
+        f"  removed    {plural(s['duplicates_removed'], 'duplicate')}; "
+        + (f"{items(s['dropped_bad_date_songs'])} with unparseable dates, {s['dropped_unknown_songs']:,} missing "
            f"from song_meta; " if meta["format"] == "melon" else "")
-        + f"{s['dropped_rare_items']:,} {items} seen < {f['min_item_count']} times; "
-        f"{s['dropped_short_users']:,} {users} with < {f['min_user_items']} {items}",
-        f"  kept       {meta['num_users']:,} {users} x {meta['num_items']:,} {items}, "
-        f"{s['interactions']:,} interactions "
+        + f"{items(s['dropped_rare_items'])} seen < {f['min_item_count']} times; "
+        f"{users(s['dropped_short_users'])} with < {items(f['min_user_items'])}",
+        f"  kept       {users(meta['num_users'])} x {items(meta['num_items'])}, "
+        f"{plural(s['interactions'], 'interaction')} "
         f"(train {meta['num_train']:,}, test {meta['num_test_users']:,}"
         + (f", val {meta['num_test_users']:,}" if meta["has_val"] else "") + f"), density {s['density']:.6f}",
-        f"  held out   {f['test_item']} item per user; {meta['num_test_neg']} negatives each, seed {meta['seed']}",
+        f"  held out   {f['test_item']} item per user; {plural(meta['num_test_neg'], 'negative')} each, "
+        f"seed {meta['seed']}",
     ]
+    if meta.get("exclude"):
+        lines.append(f"  excluded   {users(meta['num_excluded'])} of {meta['exclude']}")
     if meta.get("num_question_users"):
-        lines.append(f"  questions  {meta['num_question_users']:,} question {users} train through their visible "
-                     f"{items}, without held-out ones"
+        lines.append(f"  questions  {plural(meta['num_question_users'], 'question ' + user)} train through "
+                     f"their visible {item}s, without held-out ones"
                      + (f"; Arena split (seed {meta['arena']['seed']}): " + ", ".join(
                          f"{n:,} {kind}" for kind, n in meta["arena"]["kinds"].items()) if "arena" in meta else ""))
     lines += [

@@ -1,0 +1,246 @@
+"""Nothing lost, nothing silent: a resumed run writes only where its last.pt is (or --save_dir), outputs are checked
+before the work and never replace what the user did not name, and every bad input any command-line entry point is
+given ends in one line on stderr and exit status 2, with no traceback and the files already there untouched.
+
+The cases are a floor: add each new bad input found to BAD_INPUTS (or a test of its own where it needs one)."""
+import json
+import os
+import shutil
+import stat
+import sys
+
+import pytest
+
+import split
+import synthetic
+from conftest import TINY, TRAINED_EPOCHS, run_script
+from test_runs import files_of  # wandb's files aside: its service may still flush trained_run's logs
+import utils
+from utils import atomic_open, one_line
+
+BIG_ID = 2 ** 63
+
+
+def one_line_error(done, *named):
+    """The one error line of a command that ended with exit status 2 and no traceback; each of `named` in it."""
+    assert done.returncode == 2, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+    for text in named:
+        assert str(text) in lines[0], (text, lines[0])
+    return lines[0]
+
+
+def write_json(path, value):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def melon(tmp_path_factory):
+    """A small synthetic Melon train.json with song_meta.json beside it, and its playlists."""
+    root = tmp_path_factory.mktemp("melon")
+    train_json, _ = synthetic.generate(str(root / "raw"), playlists=300, songs=500, seed=5)
+    with open(train_json, encoding="utf-8") as f:
+        return train_json, json.load(f)
+
+
+# --- a resumed run writes only where its last.pt is ---
+
+def test_resuming_a_copied_run_writes_only_into_the_copy(trained_run, tmp_path):
+    original = trained_run[0]
+    before = files_of(original)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(original, copy)
+    done = run_script("main.py", "--resume", os.path.join(copy, "last.pt"), "--epochs", TRAINED_EPOCHS + 1,
+                      "--wandb", "disabled")
+    assert done.returncode == 0, done.stderr
+    assert f"writing into {copy}" in done.stdout
+    assert files_of(original) == before
+    with open(os.path.join(copy, "results.json")) as f:
+        assert len(json.load(f)["history"]) == TRAINED_EPOCHS + 1
+
+
+def test_resume_with_save_dir_writes_there_and_says_so(trained_run, tmp_path):
+    original = trained_run[0]
+    before = files_of(original)
+    elsewhere = str(tmp_path / "elsewhere")
+    done = run_script("main.py", "--resume", os.path.join(original, "last.pt"), "--epochs", TRAINED_EPOCHS + 1,
+                      "--wandb", "disabled", "--save_dir", elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert f"writing into {elsewhere} (--save_dir)" in done.stdout
+    assert files_of(original) == before
+    assert {"best.pt", "last.pt", "results.json", "results.md"} <= set(os.listdir(elsewhere))
+    again = run_script("main.py", "--resume", os.path.join(original, "last.pt"), "--epochs", TRAINED_EPOCHS + 1,
+                       "--wandb", "disabled", "--save_dir", elsewhere)
+    one_line_error(again, "--save_dir", "earlier run")  # a directory holding a run is not replaced by a resume
+    assert files_of(original) == before
+
+
+def test_a_killed_runs_temporary_files_are_removed_on_the_next_start(trained_run, tmp_path):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(trained_run[0], copy)
+    stale = [os.path.join(copy, name) for name in (".last.pt.4194999999.a1b2c3.tmp", ".results.json.x8k2_q9z.tmp")]
+    for path in stale:
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    done = run_script("main.py", "--resume", os.path.join(copy, "last.pt"), "--epochs", TRAINED_EPOCHS,
+                      "--wandb", "disabled")
+    assert done.returncode == 0, done.stderr
+    assert not any(os.path.exists(path) for path in stale)
+
+
+# --- outputs: checked up front, written atomically or through, never replacing what was not named ---
+
+def test_check_output_refuses_directories_kernel_files_and_inputs(tmp_path):
+    question = write_json(tmp_path / "q.json", [])
+    for path, said in ((tmp_path, "a directory"), ("/proc/self/status", "under /proc"), ("/sys/kernel/x", "under /sys"),
+                       (question, "the same file as --continue")):
+        with pytest.raises(Exception) as caught:
+            utils.check_output(str(path), "--out", [("--continue", question)])
+        assert said in str(caught.value) and str(path) in str(caught.value)
+    link = tmp_path / "link.json"
+    link.symlink_to(question)
+    with pytest.raises(Exception, match="the same file as --continue"):
+        utils.check_output(str(link), "--out", [("--continue", question)])
+
+
+def test_a_symlinked_output_is_written_through_and_a_device_stays_a_device(tmp_path):
+    target = tmp_path / "real" / "results.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "results.json"
+    link.symlink_to(target)
+    with atomic_open(utils.check_output(str(link), "--out")) as f:
+        f.write("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert not [name for name in os.listdir(target.parent) if name.endswith(".tmp")]
+    with atomic_open(utils.check_output("/dev/null", "--out")) as f:
+        f.write("nothing")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert utils.check_output(str(fifo), "--out") == str(fifo)
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    out = tmp_path / "results.json"
+    out.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(utils.check_output(str(out), "--out")) as f:
+            f.write("half")
+            raise KeyboardInterrupt
+    assert out.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_an_output_written_by_another_process_meanwhile_is_not_replaced(tmp_path):
+    out = tmp_path / "results.json"
+    path = utils.check_output(str(out), "--out")
+    out.write_text("the other run's")  # another run on the same --out finished first
+    with pytest.raises(Exception, match="written by another process"):
+        with atomic_open(path) as f:
+            f.write("mine")
+    assert out.read_text() == "the other run's" and os.listdir(tmp_path) == ["results.json"]
+
+
+# --- split.py ---
+
+def test_split_exclude_matching_no_playlist_is_refused(melon, tmp_path):
+    train_json, playlists = melon
+    stranger = write_json(tmp_path / "other.json", [{"id": 10 ** 9, "songs": [], "tags": []}])
+    done = run_script("split.py", "--input", train_json, "--exclude", stranger, "--out_dir", tmp_path / "data")
+    one_line_error(done, f"--exclude {stranger}", "1 playlist id ", "nothing")
+    assert not os.path.exists(tmp_path / "data")
+
+
+def test_split_exclude_reports_how_many_it_left_out(melon, tmp_path):
+    train_json, playlists = melon
+    some = write_json(tmp_path / "some.json", playlists[:7] + [{"id": 10 ** 9, "songs": [], "tags": []}])
+    done = run_script("split.py", "--input", train_json, "--exclude", some, "--out_dir", tmp_path / "data",
+                      "--min_item_count", 2)
+    assert done.returncode == 0, done.stderr
+    assert f"excluded   7 playlists of {some}" in done.stdout
+    with open(tmp_path / "data" / "raw.meta.json") as f:
+        meta = json.load(f)
+    assert meta["num_excluded"] == 7 and meta["stats"]["raw_users"] == len(playlists) - 7
+
+
+def test_split_exclude_of_the_question_file_is_refused(melon, tmp_path):
+    train_json, playlists = melon
+    questions = write_json(tmp_path / "q.json", [dict(p, id=p["id"] + 10 ** 6) for p in playlists[:5]])
+    done = run_script("split.py", "--input", train_json, "--questions", questions, "--exclude", questions,
+                      "--out_dir", tmp_path / "data")
+    one_line_error(done, f"--exclude {questions}", "--questions")
+
+
+def test_split_summary_counts_in_whole_words(tmp_path):
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("1,1\n1,2\n2,3\n2,4\n")
+    done = run_script("split.py", "--input", ratings, "--out_dir", tmp_path / "data", "--num_test_neg", 1)
+    assert done.returncode == 0, done.stderr
+    assert "1 negative each" in done.stdout and "1 negatives" not in done.stdout
+
+
+# --- messages ---
+
+def test_long_messages_are_cut_at_a_word():
+    line = one_line(ValueError("word " * 60), limit=40)
+    assert len(line) <= 40 and line.endswith("word...")
+
+
+# --- bad inputs: one line, exit status 2, no traceback, nothing touched ---
+
+def deep_json(path, depth=100_000):
+    with open(path, "w") as f:
+        f.write("[" * depth + "]" * depth)
+    return str(path)
+
+
+def split_with_questions(melon, tmp_path, questions):
+    return ["split.py", "--input", melon[0], "--questions", write_json(tmp_path / "q.json", questions),
+            "--out_dir", tmp_path / "data"]
+
+
+BAD_INPUTS = {  # name: (a function (melon, tmp_path) -> argv, text the error line names)
+    "split: a question song id of 2^63": (
+        lambda melon, tmp: split_with_questions(melon, tmp, [{"id": 1, "songs": [BIG_ID], "tags": []}]),
+        "record 0: 'songs' holds 9223372036854775808"),
+    "split: a question playlist id of -2^63 - 1": (
+        lambda melon, tmp: split_with_questions(melon, tmp, [{"id": -BIG_ID - 1, "songs": [], "tags": []}]),
+        "record 0: 'id'"),
+    "split: train.json nested deeper than the recursion limit": (
+        lambda melon, tmp: ["split.py", "--input", deep_json(tmp / "train.json"), "--out_dir", tmp / "data"],
+        "nested deeper"),
+    "split: a question file nested deeper than the recursion limit": (
+        lambda melon, tmp: ["split.py", "--input", melon[0], "--questions", deep_json(tmp / "q.json"),
+                            "--out_dir", tmp / "data"], "q.json: JSON nested deeper"),
+    "split: --out_dir a file": (
+        lambda melon, tmp: ["split.py", "--input", melon[0], "--out_dir", write_json(tmp / "file", [])], "file"),
+    "synthetic: --out under /proc": (
+        lambda melon, tmp: ["synthetic.py", "--out", "/proc/self/x", "--playlists", 10, "--songs", 20], "/proc"),
+    "main: --data_dir a file": (
+        lambda melon, tmp: ["main.py", "--data_dir", write_json(tmp / "file", []), *TINY], "file"),
+    "main: --resume a JSON file": (
+        lambda melon, tmp: ["main.py", "--resume", write_json(tmp / "last.pt", {})], "last.pt"),
+    "main: --resume nested JSON": (
+        lambda melon, tmp: ["main.py", "--resume", deep_json(tmp / "last.pt", 5000)], "last.pt"),
+    "baselines: --data_dir missing": (
+        lambda melon, tmp: ["baselines.py", "--data_dir", tmp / "none", "--dataset", "x"], "none"),
+    "grid: --out_dir a file": (
+        lambda melon, tmp: ["grid.py", "--out_dir", write_json(tmp / "file", []), "--data_dir", tmp / "none",
+                            "--dataset", "x"], ""),
+    "reproduce: an unknown experiment": (lambda melon, tmp: ["reproduce.py", "no-such-experiment"], "no-such"),
+    "bench: a negative --batch_size": (lambda melon, tmp: ["bench.py", "--batch_size", "-1"], "--batch_size"),
+    "bench: --json a directory": (lambda melon, tmp: ["bench.py", "--json", tmp], "--json"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_gives_one_line_and_touches_nothing(name, melon, tmp_path):
+    make, named = BAD_INPUTS[name]
+    argv = make(melon, tmp_path)
+    before = files_of(tmp_path)
+    raw_before = files_of(os.path.dirname(melon[0]))
+    one_line_error(run_script(*argv, cwd=tmp_path), named)
+    assert files_of(tmp_path) == before and files_of(os.path.dirname(melon[0])) == raw_before
