@@ -24,12 +24,17 @@ import time
 
 import torch
 
+import continuation
 import dataloader
 import distributed
 import main
-from evaluate import full_ranks, sampled_ranks
-from model import build_model
+import split
+import synthetic
+from arena import read_questions
+from model import ModelConfig, build_model
 from optim import make_step, uses_sparse_updates
+from runs import load_checkpoint, model_from_checkpoint
+from scoring import full_ranks, sampled_ranks
 from training import Position, epoch_size, train_epoch
 from utils import InputError, Parser, atomic_open, check_output, cpu_name, run_cli
 
@@ -61,7 +66,7 @@ def per_sample_pipeline(data, args, steps):
         def __getitem__(self, i):
             return users[i], items[i], labels[i]
 
-    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model).to(data.device)
+    model = build_model(ModelConfig.of(args), data.num_users, data.num_items).to(data.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loader = torch.utils.data.DataLoader(Samples(), batch_size=args.batch_size, shuffle=True)
     started, done = time.perf_counter(), 0
@@ -82,9 +87,6 @@ def continuation_figures(checkpoint_path, questions, threads):
     """Playlist continuation with a trained checkpoint on its split's Arena questions (or `questions`):
     evaluate.py --continue as a child process (wall time, peak resident memory, its own timings line, the score
     with the split's answers), and in this process the time to answer one playlist, known and new, once loaded."""
-    import continuation
-    from evaluate import model_from_checkpoint
-    from runs import load_checkpoint
     checkpoint = load_checkpoint(checkpoint_path)
     config = checkpoint["config"]
     data = dataloader.load(config["data_dir"], config["dataset"])
@@ -109,10 +111,10 @@ def continuation_figures(checkpoint_path, questions, threads):
     print("\n".join(lines[-2:]))
 
     torch.set_num_threads(threads)
-    model = model_from_checkpoint(checkpoint, data)
+    model = model_from_checkpoint(checkpoint, data, checkpoint_path)
     model.eval()
     answering = continuation.for_model(model, data, config["data_dir"])
-    playlists = continuation.read_questions(questions)
+    playlists = read_questions(questions)
     asked = next(p for p in playlists if p["songs"])
     known = {"id": data.meta["user_ids"][0], "songs": [], "tags": [], "plylst_title": ""}
     new = dict(asked, id=-1)
@@ -205,8 +207,6 @@ def bench():
     figures = {}
 
     if args.dataset == "melon_syn" and not os.path.exists(os.path.join(args.data_dir, "melon_syn.train.rating")):
-        import split
-        import synthetic
         train_json, _ = synthetic.generate(os.path.join(args.data_dir, "melon_syn"), scale="melon")
         _, figures["split_seconds"] = timed(device, lambda: split.split(train_json, args.data_dir, "melon_syn"))
 
@@ -214,8 +214,7 @@ def bench():
         device, lambda: dataloader.load(args.data_dir, args.dataset, device, args.exclude_test_neg))
     torch.manual_seed(args.seed)
     sparse = uses_sparse_updates(args, device)
-    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model,
-                        sparse).to(device)
+    model = build_model(ModelConfig.of(args), data.num_users, data.num_items, sparse).to(device)
     train_step = make_step(model, args, sparse, ctx)
     samples = epoch_size(data, args)
 

@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import os
-import random
 import re
 import time
 from contextlib import ExitStack
@@ -30,20 +29,12 @@ from contextlib import ExitStack
 import numpy as np
 import pandas as pd
 
+from arena import ARENA_SEED, arena_split, check_records, check_unique_ids, read_playlists
 from utils import MISSING, InputError, Parser, atomic_path, plural, read_json, run_cli
 
 TEST_ITEM_RULES = ("latest", "last", "random")
 INT_TOKEN = r"-?\d{1,18}"
 BAD_DATE = np.iinfo(np.int64).min
-INT64 = np.iinfo(np.int64)
-PLAYLIST_FIELDS = {"id": "int", "songs": "ints", "tags": "strs", "plylst_title": "str", "like_cnt": "any",
-                   "updt_date": "any"}  # train.json's; tags and title may be absent, like_cnt and updt_date anything
-ARENA_SEED = 777  # the Arena's split_data.py: random.seed(777)
-ARENA_KINDS = (  # kind, its end as a share of the questions (30%, 50%, 15%, 5%), fields masked to half, fields removed
-    ("songs", 0.3, ("songs",), ("tags",)), ("songs+tags", 0.8, ("songs", "tags"), ()),
-    ("tags", 0.95, ("tags",), ("songs",)), ("title", 1.0, (), ("songs", "tags")))
-ARENA_QUESTION_SHARE = 0.2
-ARENA_ANSWER_LENGTH = {"songs": 100, "tags": 10}
 
 
 def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_items=None,
@@ -193,126 +184,6 @@ def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed,
         raise InputError(f"--seed must be >= 0 (got {seed})")
     if name is not None and (not name or os.sep in name or name in (".", "..")):
         raise InputError(f"--name must be a plain file name (got {name!r})")
-
-
-def check_records(path, records, kinds):
-    """Raise InputError naming the first record that is not an object whose fields (as kept by read_json) have
-    the given kinds: "int", "ints" (a list of integers) or "date" (a string or an integer). One pass over the
-    value types when all is well; a record-by-record scan only to name the bad one."""
-    if not isinstance(records, list):
-        raise InputError(f"{path}: expected a JSON list of records")
-    absent = type(MISSING)
-    allowed = {"int": {int}, "ints": {list}, "date": {str, int}, "strs": {list, absent}, "str": {str, absent},
-               "any": None}
-    element = {"ints": int, "strs": str}
-
-    def types(values):
-        return set(map(type, values))
-
-    def good_elements(kind, lists):
-        return kind not in element or types(itertools.chain.from_iterable(
-            values for values in lists if values is not MISSING)) <= {element[kind]}
-
-    if types(records) <= {tuple} and all(
-            (allowed[kind] is None or types(r[column] for r in records) <= allowed[kind])
-            and good_elements(kind, (r[column] for r in records)) for column, kind in enumerate(kinds.values())):
-        return check_id_range(path, records, kinds)
-    want = {"int": "an integer", "ints": "a list of integer song ids", "date": "a YYYYMMDD string",
-            "strs": "a list of strings", "str": "a string"}
-    for index, record in enumerate(records):
-        if type(record) is not tuple:
-            raise InputError(f"{path}: record {index} is not a JSON object")
-        for (key, kind), value in zip(kinds.items(), record):
-            if value is MISSING and absent not in (allowed[kind] or {absent}):
-                raise InputError(f"{path}: record {index} has no '{key}' field")
-            if allowed[kind] is not None and (type(value) not in allowed[kind] or not good_elements(kind, [value])):
-                raise InputError(f"{path}: record {index}: '{key}' must be {want[kind]}, "
-                                 f"found {json.dumps(value)[:60]}")
-
-
-def check_id_range(path, records, kinds):
-    """An InputError naming the record of the first "int" or "ints" field value outside 64-bit integers (ids are
-    held as int64), for `records` of the right types."""
-    for column, (key, kind) in enumerate(kinds.items()):
-        if kind not in ("int", "ints"):
-            continue
-        lists = [[r[column]] for r in records] if kind == "int" else [r[column] for r in records]
-        try:
-            np.fromiter(itertools.chain.from_iterable(lists), np.int64)
-            continue
-        except OverflowError:
-            pass
-        index = next(i for i, values in enumerate(lists) if any(not INT64.min <= v <= INT64.max for v in values))
-        wild = next(v for v in lists[index] if not INT64.min <= v <= INT64.max)
-        raise InputError(f"{path}: record {index}: '{key}' holds {wild}, beyond the 64-bit integers that ids are")
-
-
-def read_playlists(path):
-    """The playlists of an Arena-format JSON file (train.json, val.json, test.json, questions, answers) as tuples
-    of PLAYLIST_FIELDS (MISSING where absent); a one-line InputError for anything else. Ids are not checked here."""
-    playlists = read_json(path, tuple(PLAYLIST_FIELDS))
-    check_records(path, playlists, PLAYLIST_FIELDS)
-    return playlists
-
-
-def check_unique_ids(sources):
-    """An InputError naming the file and record of the first playlist id seen twice in [(path, playlists)]."""
-    seen = {}
-    for path, playlists in sources:
-        ids = pd.Index([p[0] for p in playlists])
-        duplicate = ids.duplicated() | ids.isin(list(seen))
-        if duplicate.any():
-            index = int(np.argmax(duplicate))
-            earlier = f" (also in {seen[ids[index]]})" if ids[index] in seen else ""
-            raise InputError(f"{path}: record {index}: playlist id {ids[index]} appears twice{earlier}")
-        seen.update(dict.fromkeys(ids.tolist(), path))
-
-
-def as_record(playlist, **fields):
-    """A playlist tuple as an Arena JSON object (absent fields left out), with `fields` replaced."""
-    record = {key: value for key, value in zip(PLAYLIST_FIELDS, playlist) if value is not MISSING}
-    return {**record, **fields}
-
-
-def arena_split(playlists, seed=ARENA_SEED):
-    """The Kakao Arena's local split (its split_data.py): playlists shuffled (Python's random.shuffle, seeded as
-    the Arena seeds it, so the same train.json gives the Arena's own partition), the last 20% made questions of the
-    ARENA_KINDS in order: half of a field's values kept at random in the question and the other half in the answer,
-    a removed field empty in the question and whole (cut to 100 songs, 10 tags) in the answer; the questions
-    shuffled. Returns (training playlists, question playlists as tuples, questions and answers as JSON objects in
-    the same order, {kind: count})."""
-    playlists = list(playlists)
-    random.Random(seed).shuffle(playlists)
-    first = int(len(playlists) * (1 - ARENA_QUESTION_SHARE))
-    questions, answers, kinds = arena_questions(playlists[first:], np.random.default_rng(seed))
-    asked = [tuple(q.get(key, MISSING) for key in PLAYLIST_FIELDS) for q in questions]
-    return playlists[:first], asked, questions, answers, kinds
-
-
-def arena_questions(asked, rng):
-    """(questions, answers, {kind: count}) of the playlists `asked` (tuples), as the Arena's split_data.py makes
-    them: the ARENA_KINDS in order, the questions shuffled by `rng`."""
-    kinds, questions, answers, begin = {}, [], [], 0
-    for kind, end, masked, removed in ARENA_KINDS:
-        group, begin = asked[begin:int(len(asked) * end)], int(len(asked) * end)
-        kinds[kind] = len(group)
-        for playlist in group:
-            question, answer = as_record(playlist), as_record(playlist)
-            for field in ("songs", "tags"):
-                values = question.get(field, [])
-                if field in masked:
-                    keep = np.zeros(len(values), bool)
-                    keep[rng.permutation(len(values))[:len(values) // 2]] = True
-                    question[field] = [v for v, k in zip(values, keep) if k]
-                    answer[field] = [v for v, k in zip(values, keep) if not k][:ARENA_ANSWER_LENGTH[field]]
-                elif field in removed:
-                    question[field], answer[field] = [], values[:ARENA_ANSWER_LENGTH[field]]
-                else:
-                    answer[field] = []
-            questions.append(question)
-            answers.append(answer)
-    order = rng.permutation(len(questions))
-    return [questions[i] for i in order], [answers[i] for i in order], kinds
 
 
 def load_melon(path, playlists, num_questions=0):

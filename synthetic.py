@@ -25,6 +25,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
+from arena import PLAYLIST_FIELDS, arena_questions
 from utils import MISSING, InputError, Parser, atomic_open, run_cli
 
 # (playlists, songs). The sample keeps Melon's ~7.5 playlist entries per song, so its >=25 filter
@@ -362,10 +363,9 @@ def write_dataset(out_dir, num_playlists, num_songs, seed, num_questions=0):
             write_json_list(meta, num_songs, lambda a, b: song_records(cat["meta"], a, b))
             json.dump(genre_names(), genres, ensure_ascii=False)
             if num_questions:
-                import split
-                asked = [tuple(record.get(key, MISSING) for key in split.PLAYLIST_FIELDS)
+                asked = [tuple(record.get(key, MISSING) for key in PLAYLIST_FIELDS)
                          for record in playlist_records(pls, num_playlists, num_playlists + num_questions)]
-                questions, answers, _ = split.arena_questions(asked, rng)
+                questions, answers, _ = arena_questions(asked, rng)
                 for name, records in (("val.json", questions), ("val_answers.json", answers)):
                     json.dump(records, files.enter_context(atomic_open(os.path.join(out_dir, name), "w",
                                                                        encoding="utf-8")), ensure_ascii=False)
