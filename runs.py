@@ -79,6 +79,23 @@ def load_checkpoint(path, device="cpu"):
     return checkpoint
 
 
+def split_of(checkpoint, path, data_dir=None, dataset=None):
+    """(data_dir, dataset) of the split to use the checkpoint of `path` on: those given (the model is checked to fit
+    them when loaded), else its own: its --data_dir as main.py was given it (relative to where main.py ran) when
+    the split is there from here, else the absolute directory its provenance records; a one-line error otherwise."""
+    config = checkpoint["config"]
+    dataset = dataset or config["dataset"]
+    if data_dir is not None:
+        return data_dir, dataset
+    recorded, absolute = config["data_dir"], (checkpoint.get("provenance") or {}).get("split_dir")
+    for candidate in (recorded, absolute):
+        if candidate and os.path.exists(os.path.join(candidate, f"{dataset}.train.rating")):
+            return candidate, dataset
+    also = f" nor in {absolute}, where it was" if absolute else " (the checkpoint predates recording where that was)"
+    raise InputError(f"{path}: its split {dataset!r} is not in {recorded} (main.py's --data_dir, relative to where "
+                     f"it ran){also}; give --data_dir DIR")
+
+
 def model_from_checkpoint(checkpoint, data, path="checkpoint"):
     """The model a checkpoint (of `path`) holds, built by its configuration for `data` and on `data`'s device; a
     one-line error when it was trained on another number of users or items."""
@@ -156,6 +173,9 @@ def split_changes(checkpoint, data_dir, dataset, current=None):
     recorded = (checkpoint.get("provenance") or {}).get("split_files")
     if recorded is None:
         return []
+    trained = checkpoint["config"]["dataset"]  # the files compared by suffix: a copy under another name is the same
+    recorded = {dataset + file[len(trained):] if file.startswith(trained) else file: sha
+                for file, sha in recorded.items()}
     current = fingerprint(data_dir, dataset) if current is None else current
     return [os.path.join(data_dir, file) for file in changed_files(recorded, current)]
 
@@ -174,6 +194,7 @@ def run_provenance(args, device):
     """What produced this run (code commit and tree state, library versions, device, split file hashes), printed
     once; results.json, the checkpoints and the wandb config record it."""
     record = code_provenance(device)
+    record["split_dir"] = os.path.abspath(args.data_dir)  # --data_dir is kept as given, relative to where it ran
     record["split_files"] = fingerprint(args.data_dir, args.dataset)
     record["split_sha256"] = hashlib.sha256(json.dumps(record["split_files"], sort_keys=True).encode()).hexdigest()
     record["threads"] = args.threads

@@ -6,6 +6,7 @@ import os
 import stat
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 
 
@@ -77,6 +78,24 @@ def read_json(path, keys, where=None):
 def plural(n, word, words=None):
     """'1 playlist', '2 playlists', '1,000 songs' (`words`: the plural when it is not word + 's')."""
     return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
+PROGRESS_SECONDS = 10.0  # long work says how far it is this often
+
+
+class Progress:
+    """Lines on how far long work is ("WHAT: 5 of 20 STEPS, 12 s"), one every PROGRESS_SECONDS at most, the first
+    after that long: work shorter than that prints nothing."""
+
+    def __init__(self, what, total, unit):
+        self.what, self.total, self.unit = what, total, unit
+        self.started = self.shown = time.perf_counter()
+
+    def __call__(self, done):
+        now = time.perf_counter()
+        if now - self.shown >= PROGRESS_SECONDS:
+            self.shown = now
+            print(f"{self.what}: {done:,} of {plural(self.total, self.unit)}, {now - self.started:.0f} s", flush=True)
 
 
 # --- outputs: checked before the work, written atomically (or through, for a device or FIFO) ---
