@@ -226,11 +226,11 @@ def main(argv=None):
     checkpoint = load_checkpoint(args.checkpoint, device)
     data_dir, dataset = split_of(checkpoint, args.checkpoint, args.data_dir, args.dataset)
     data = dataloader.load(data_dir, dataset, device)
+    model = model_from_checkpoint(checkpoint, data, args.checkpoint)
     changed = split_changes(checkpoint, data_dir, dataset)
     if changed:
         print(f"warning: {changed[0]} is not the file {args.checkpoint} was trained on: the scores are for other "
               f"data", file=sys.stderr)
-    model = model_from_checkpoint(checkpoint, data, args.checkpoint)
     args.epoch = checkpoint["epoch"]
     return run_task(model, data, data_dir, args, checkpoint["config"]["topk"] if args.k is None else args.k, task)
 

@@ -202,6 +202,11 @@ def split_with_questions(melon, tmp_path, questions):
             "--out_dir", tmp_path / "data"]
 
 
+def evaluate_arena(flags):
+    """evaluate.py with a checkpoint that need not exist: the bad input must be found before the checkpoint is read."""
+    return ["evaluate.py", "--checkpoint", "no-such-checkpoint.pt", "--gpu", "cpu", *flags]
+
+
 BAD_INPUTS = {  # name: (a function (melon, tmp_path) -> argv, text the error line names)
     "split: a question song id of 2^63": (
         lambda melon, tmp: split_with_questions(melon, tmp, [{"id": 1, "songs": [BIG_ID], "tags": []}]),
@@ -231,6 +236,23 @@ BAD_INPUTS = {  # name: (a function (melon, tmp_path) -> argv, text the error li
         lambda melon, tmp: ["grid.py", "--out_dir", write_json(tmp / "file", []), "--data_dir", tmp / "none",
                             "--dataset", "x"], ""),
     "reproduce: an unknown experiment": (lambda melon, tmp: ["reproduce.py", "no-such-experiment"], "no-such"),
+    "evaluate: --continue []": (lambda melon, tmp: evaluate_arena(["--continue", write_json(tmp / "q.json", []),
+                                                                    "--out", tmp / "r.json"]), "no playlists"),
+    "evaluate: --playlist []": (lambda melon, tmp: evaluate_arena(["--playlist", write_json(tmp / "q.json", [])]),
+                                "no playlists"),
+    "evaluate: a question song id of 2^63": (lambda melon, tmp: evaluate_arena(
+        ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": [BIG_ID]}]), "--out", tmp / "r.json"]),
+        "record 0: 'songs' holds 9223372036854775808"),
+    "evaluate: a playlist id of 2^64": (lambda melon, tmp: evaluate_arena(
+        ["--playlist", write_json(tmp / "q.json", [{"id": 2 ** 64, "songs": [1]}])]), "record 0: 'id'"),
+    "evaluate: a question file nested deeper than the recursion limit": (lambda melon, tmp: evaluate_arena(
+        ["--continue", deep_json(tmp / "q.json"), "--out", tmp / "r.json"]), "nested deeper"),
+    "evaluate: --answers nested deeper than the recursion limit": (lambda melon, tmp: evaluate_arena(
+        ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--answers", deep_json(tmp / "a.json"),
+         "--out", tmp / "r.json"]), "a.json: JSON nested deeper"),
+    "evaluate: --out a directory": (lambda melon, tmp: evaluate_arena(
+        ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--out", tmp]), "a directory"),
+    "evaluate: --checkpoint a directory": (lambda melon, tmp: ["evaluate.py", "--checkpoint", tmp], "a directory"),
     "bench: a negative --batch_size": (lambda melon, tmp: ["bench.py", "--batch_size", "-1"], "--batch_size"),
     "bench: --json a directory": (lambda melon, tmp: ["bench.py", "--json", tmp], "--json"),
 }
@@ -244,3 +266,178 @@ def test_bad_input_gives_one_line_and_touches_nothing(name, melon, tmp_path):
     raw_before = files_of(os.path.dirname(melon[0]))
     one_line_error(run_script(*argv, cwd=tmp_path), named)
     assert files_of(tmp_path) == before and files_of(os.path.dirname(melon[0])) == raw_before
+
+
+# --- evaluate.py --continue / --playlist ---
+
+@pytest.fixture(scope="module")
+def arena(melon, tmp_path_factory):
+    """An Arena split of `melon` in ROOT/data and a NeuMF trained on it for one epoch by main.py run in ROOT with
+    --data_dir data (relative, as from a shell): (root, data_dir, checkpoint, meta, the split's known tags)."""
+    root = tmp_path_factory.mktemp("arena")
+    split.split(melon[0], str(root / "data"), "ar", min_item_count=3, arena=True, verbose=False)
+    done = run_script("main.py", "--data_dir", "data", "--dataset", "ar", "--epochs", 1, "--batch_size", 256,
+                      "--gpu", "cpu", "--wandb", "disabled", "--save_dir", root / "run", cwd=root)
+    assert done.returncode == 0, done.stderr
+    with open(root / "data" / "ar.meta.json") as f:
+        meta = json.load(f)
+    with open(root / "data" / "ar.tags.json") as f:
+        tags = sorted({tag for tags in json.load(f)["tags"] for tag in tags})
+    return root, root / "data", root / "run" / "best.pt", meta, tags
+
+
+def evaluate(arena, *flags, cwd=None):
+    return run_script("evaluate.py", "--checkpoint", arena[2], "--gpu", "cpu", *flags, cwd=cwd)
+
+
+def continue_flags(arena, out, answers=True):
+    data = arena[1]
+    return ["--continue", data / "ar.questions.json", "--out", out] + (
+        ["--answers", data / "ar.answers.json"] if answers else [])
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if the split is loaded: what is checked before any work must stop the command before it."""
+    import dataloader
+
+    def load(*args, **kwargs):
+        raise AssertionError("the work started before the inputs were checked")
+
+    monkeypatch.setattr(dataloader, "load", load)
+
+
+def test_continue_into_a_device_keeps_the_device(arena, tmp_path):
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    except OSError:
+        device = "/dev/null"  # without the right to make one: only root could replace /dev/null anyway
+    done = evaluate(arena, *continue_flags(arena, device))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISCHR(os.stat(device).st_mode)
+    assert not [name for name in os.listdir(os.path.dirname(device)) if name.endswith(".tmp")]
+
+
+def test_continue_through_a_symlink_writes_its_target(arena, tmp_path):
+    target = tmp_path / "kept" / "results.json"
+    target.parent.mkdir()
+    target.write_text("[]")
+    link = tmp_path / "results.json"
+    link.symlink_to(target)
+    done = evaluate(arena, *continue_flags(arena, link))
+    assert done.returncode == 0, done.stderr
+    questions = json.loads((arena[1] / "ar.questions.json").read_text())
+    assert link.is_symlink() and len(json.loads(target.read_text())) == len(questions)
+
+
+@pytest.mark.parametrize("flag", ["--continue", "--answers", "--checkpoint"])
+def test_continue_out_naming_an_input_is_refused_before_the_work(arena, flag, no_work):
+    inputs = {"--continue": arena[1] / "ar.questions.json", "--answers": arena[1] / "ar.answers.json",
+              "--checkpoint": arena[2]}
+    before = inputs[flag].read_bytes()
+    one_line_error(evaluate(arena, *continue_flags(arena, inputs[flag])), "--out", f"the same file as {flag}")
+    assert inputs[flag].read_bytes() == before
+
+
+def test_bad_answers_are_refused_before_the_work_and_leave_out_alone(arena, tmp_path, no_work):
+    out = tmp_path / "results.json"
+    out.write_text("an earlier submission")
+    answers = json.loads((arena[1] / "ar.answers.json").read_text())
+    broken = write_json(tmp_path / "answers.json", [dict(answers[0], songs=[])] + answers[1:])
+    one_line_error(evaluate(arena, *continue_flags(arena, out, answers=False), "--answers", broken),
+                   broken, f"playlist {answers[0]['id']} has no songs")
+    fewer = write_json(tmp_path / "fewer.json", answers[2:] + [dict(answers[0], id=-1)])
+    one_line_error(evaluate(arena, *continue_flags(arena, out, answers=False), "--answers", fewer),
+                   fewer, "2 questions without an answer", "1 answer to no question")
+    assert out.read_text() == "an earlier submission"
+
+
+@pytest.mark.parametrize("where", ["a directory", "/proc/self/x", "/sys/kernel/results.json"])
+def test_continue_out_that_cannot_be_written_is_refused_before_the_work(arena, tmp_path, where, no_work):
+    out = tmp_path if where == "a directory" else where
+    one_line_error(evaluate(arena, *continue_flags(arena, out)), "--out", str(out))
+
+
+def test_continue_removes_what_a_killed_run_left_beside_out(arena, tmp_path):
+    out = tmp_path / "results.json"
+    stale = tmp_path / ".results.json.k2j4_x7q.tmp"  # a write-by-rename killed before the rename
+    stale.write_text("[{")
+    done = evaluate(arena, *continue_flags(arena, out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["results.json"]
+
+
+def test_continue_whose_out_another_run_wrote_meanwhile_does_not_claim_it(arena, tmp_path, monkeypatch):
+    import continuation
+    out = tmp_path / "results.json"
+    answer = continuation.answer_questions
+
+    def answer_while_another_run_finishes(*args, **kwargs):
+        out.write_text("the other run's")
+        return answer(*args, **kwargs)
+
+    monkeypatch.setattr(continuation, "answer_questions", answer_while_another_run_finishes)
+    done = evaluate(arena, *continue_flags(arena, out))
+    one_line_error(done, str(out), "another process")
+    assert "wrote" not in done.stdout and out.read_text() == "the other run's"
+
+
+def test_long_work_shows_progress(arena, tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "PROGRESS_SECONDS", 0.0)
+    done = evaluate(arena, *continue_flags(arena, tmp_path / "r.json"), "--fold_in", "all")
+    assert done.returncode == 0, done.stderr
+    assert "fold-in of " in done.stdout and " of 20 steps" in done.stdout
+    assert "answering: 0 of " in done.stdout
+
+
+def test_playlist_with_k_beyond_the_songs_left_lists_fewer_and_never_its_own(arena, tmp_path):
+    meta, tags = arena[3], arena[4]
+    songs = meta["item_ids"][:-7]
+    playlist = write_json(tmp_path / "p.json", [{"id": -1, "songs": songs, "tags": tags[:-3], "plylst_title": ""}])
+    done = evaluate(arena, "--playlist", playlist, "--k", 5000)
+    assert done.returncode == 0, done.stderr
+    assert "top 7 songs not already in it (all that are left)" in done.stdout
+    listed = [int(line.split()[1]) for line in done.stdout.splitlines() if line.split()[:1] and
+              line.split()[0].isdigit()]
+    assert sorted(listed) == sorted(meta["item_ids"][-7:])
+    tag_line = next(line for line in done.stdout.splitlines() if line.startswith("tags: "))
+    assert set(tag_line[6:].split(", ")) == set(tags[-3:])
+
+
+def test_continue_counts_only_known_distinct_songs_and_tags_against_the_room_left(arena, tmp_path):
+    meta, tags = arena[3], arena[4]
+    questions = write_json(tmp_path / "q.json", [
+        {"id": -1, "songs": list(range(10 ** 9, 10 ** 9 + 1600)) + meta["item_ids"][:3], "tags": [], "plylst_title": ""},
+        {"id": -2, "songs": [], "tags": [tags[0]] * 30 + [f"unknown{i}" for i in range(24)], "plylst_title": ""}])
+    done = evaluate(arena, "--continue", questions, "--out", tmp_path / "r.json")
+    assert done.returncode == 0, done.stderr
+    full = write_json(tmp_path / "full.json", [{"id": -1, "songs": meta["item_ids"][:3], "tags": []},
+                                               {"id": -7, "songs": meta["item_ids"][:-99], "tags": []}])
+    one_line_error(evaluate(arena, "--continue", full, "--out", tmp_path / "r2.json"), full, "playlist -7",
+                   f"holds {len(meta['item_ids']) - 99:,} of the split's {len(meta['item_ids']):,} songs")
+    assert not os.path.exists(tmp_path / "r2.json")
+
+
+def test_a_checkpoint_finds_its_split_from_anywhere_and_takes_one_given(arena, tmp_path):
+    root, data_dir, checkpoint = arena[:3]
+    here = evaluate(arena, cwd=root)
+    assert here.returncode == 0, here.stderr
+    elsewhere = evaluate(arena, cwd=tmp_path)  # main.py was given --data_dir data, relative to root
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert elsewhere.stdout == here.stdout
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in os.listdir(data_dir):
+        if name.startswith("ar."):
+            shutil.copy(data_dir / name, copy / ("again." + name[3:]))
+    given = evaluate(arena, "--data_dir", copy, "--dataset", "again", cwd=tmp_path)
+    assert given.returncode == 0 and given.stderr == "", given.stderr
+    assert given.stdout.split(": ")[-1] == here.stdout.split(": ")[-1]
+    other = tmp_path / "other"
+    other.mkdir()
+    from conftest import write_split
+    write_split(other, "tiny")
+    one_line_error(evaluate(arena, "--data_dir", other, "--dataset", "tiny", cwd=tmp_path),
+                   f"trained on {arena[3]['num_users']:,} users x {arena[3]['num_items']:,} items, not the 200 x 300")
+    one_line_error(evaluate(arena, "--data_dir", tmp_path / "none", cwd=tmp_path), "none")
