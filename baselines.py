@@ -28,7 +28,7 @@ import dataloader
 from scoring import score
 from dataloader import csr_rows, row_ids
 from runs import make_dirs, new_run_dir, run_provenance
-from utils import InputError, Parser, atomic_open, run_cli
+from utils import InputError, Parser, atomic_open, check_output, run_cli
 
 NAMES = ("pop", "itemknn", "ease")
 DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0}, "ease": {"l2": 500.0}}
@@ -306,11 +306,13 @@ def main(argv=None):
         p.error("--shrink must not be negative and --l2 must be positive")
     torch.set_num_threads(args.threads)
     args.dataset = args.dataset or dataloader.default_dataset(args.data_dir)
+    if args.save_dir:  # checked before the work, made after the split loads
+        if os.path.exists(os.path.join(args.save_dir, "results.json")):
+            raise InputError(f"--save_dir {args.save_dir} holds an earlier run's results.json: choose another")
+        check_output(os.path.join(args.save_dir, "results.json"), "--save_dir")
     data = dataloader.load(args.data_dir, args.dataset)
     if args.save_dir:
         make_dirs(args.save_dir)
-        if os.path.exists(os.path.join(args.save_dir, "results.json")):
-            raise InputError(f"--save_dir {args.save_dir} holds an earlier run's results.json: choose another")
         save_dir = args.save_dir
     else:
         save_dir, _ = new_run_dir(os.path.join("runs", args.dataset, f"baseline-{args.model}"))

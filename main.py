@@ -439,6 +439,18 @@ def stop_diverged(ctx, run, loss, epoch, last_path):
 
 # --- what rank 0 writes and logs ---
 
+def wandb_run_to_continue(checkpoint, args):
+    """The wandb run id a resumed run logs to: its checkpoint's when it continues in the directory the checkpoint
+    was written in, else none (a new wandb run: a copy of a run, resumed, is a run of its own)."""
+    run_id = checkpoint.get("wandb_id") if checkpoint else None
+    written_in = checkpoint["config"].get("save_dir") if checkpoint else None
+    if run_id and written_in and os.path.realpath(written_in) != os.path.realpath(args.save_dir):
+        print(f"note: {args.save_dir} is not {written_in}, where the checkpoint was written: a new wandb run, not "
+              f"{run_id}'s continuation", flush=True)
+        return None
+    return run_id
+
+
 class Outputs:
     """Rank 0's side of a run in its save directory: the wandb run, the recommendations shown for a few playlists,
     the checkpoints (best.pt, last.pt) and, at the end, results.json and results.md."""
@@ -447,7 +459,7 @@ class Outputs:
         self.args, self.data, self.model, self.train_step, self.provenance = args, data, model, train_step, provenance
         self.sparse = sparse
         os.makedirs(args.save_dir, exist_ok=True)
-        self.run = start_wandb(args, data, checkpoint["wandb_id"] if checkpoint else None, provenance)
+        self.run = start_wandb(args, data, wandb_run_to_continue(checkpoint, args), provenance)
         self.catalog = item_names(data.meta, range(data.num_items))
         self.columns = ["epoch", "playlist", "rank", "song_id", "score"] + [f for f in self.catalog[0] if f != "id"]
         self.recommendations = checkpoint.get("recommendations", []) if checkpoint else []  # the best epoch's

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from arena import ARENA_SEED, arena_split, check_records, check_unique_ids, read_playlists
-from utils import MISSING, InputError, Parser, atomic_path, plural, read_json, run_cli
+from utils import MISSING, InputError, Parser, atomic_path, check_output, plural, read_json, run_cli
 
 TEST_ITEM_RULES = ("latest", "last", "random")
 INT_TOKEN = r"-?\d{1,18}"
@@ -59,6 +59,8 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     if name is None:
         path = os.path.abspath(input_path)
         name = os.path.basename(os.path.dirname(path)) if melon else os.path.splitext(os.path.basename(path))[0]
+    check_outputs(out_dir, name, melon, val, arena,
+                  [("--input", input_path), ("--exclude", exclude)] + [("--questions", path) for path in questions])
 
     arena_files = {}
     if melon:
@@ -151,6 +153,16 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     if verbose:
         print(summary(meta, paths, time.time() - start))
     return meta
+
+
+def check_outputs(out_dir, name, melon, val, arena, inputs):
+    """Before any work: every file the split will write in OUT_DIR can be written there (utils.check_output: the
+    directory is or can be made, no output is a directory or one of the `inputs` [(flag, path)])."""
+    suffixes = ["train.rating", "test.rating", "test.negative", "meta.json"] + (
+        ["val.rating", "val.negative"] if val else []) + (["tags.json"] if melon else []) + (
+        ["questions.json", "answers.json"] if arena else [])
+    for suffix in suffixes:
+        check_output(os.path.join(out_dir, f"{name}.{suffix}"), "--out_dir", inputs)
 
 
 def excluded(input_path, playlists, exclude, questions):

@@ -56,7 +56,7 @@ def test_resuming_a_copied_run_writes_only_into_the_copy(trained_run, tmp_path):
     done = run_script("main.py", "--resume", os.path.join(copy, "last.pt"), "--epochs", TRAINED_EPOCHS + 1,
                       "--wandb", "disabled")
     assert done.returncode == 0, done.stderr
-    assert f"writing into {copy}" in done.stdout
+    assert f"writing into {copy}" in done.stdout and "a new wandb run" in done.stdout
     assert files_of(original) == before
     with open(os.path.join(copy, "results.json")) as f:
         assert len(json.load(f)["history"]) == TRAINED_EPOCHS + 1
@@ -230,6 +230,13 @@ BAD_INPUTS = {  # name: (a function (melon, tmp_path) -> argv, text the error li
         lambda melon, tmp: ["main.py", "--resume", write_json(tmp / "last.pt", {})], "last.pt"),
     "main: --resume nested JSON": (
         lambda melon, tmp: ["main.py", "--resume", deep_json(tmp / "last.pt", 5000)], "last.pt"),
+    "baselines: --save_dir a file, before the split is read": (
+        lambda melon, tmp: ["baselines.py", "--data_dir", tmp / "none", "--dataset", "x", "--save_dir",
+                            write_json(tmp / "file", [])], "file is a file, not a directory"),
+    "split: --out_dir holding the --questions file it would write": (
+        lambda melon, tmp: ["split.py", "--input", melon[0], "--arena", "--name", "x", "--out_dir", tmp,
+                            "--questions", write_json(tmp / "x.questions.json", [{"id": -1, "songs": []}])],
+        "the same file as --questions"),
     "baselines: --data_dir missing": (
         lambda melon, tmp: ["baselines.py", "--data_dir", tmp / "none", "--dataset", "x"], "none"),
     "grid: --out_dir a file": (
