@@ -60,8 +60,8 @@ def check_records(path, records, kinds):
             if value is MISSING and absent not in (allowed[kind] or {absent}):
                 raise InputError(f"{path}: record {index} has no '{key}' field")
             if allowed[kind] is not None and (type(value) not in allowed[kind] or not good_elements(kind, [value])):
-                raise InputError(f"{path}: record {index}: '{key}' must be {want[kind]}, "
-                                 f"found {json.dumps(value)[:60]}")
+                found = "an object" if isinstance(value, tuple) else json.dumps(value, default=lambda _: "{...}")
+                raise InputError(f"{path}: record {index}: '{key}' must be {want[kind]}, found {found[:60]}")
 
 
 def check_id_range(path, records, kinds):

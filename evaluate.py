@@ -11,6 +11,7 @@ the songs nearest to a song, or answer Kakao Arena questions (a checkpoint's mod
 What it prints it gets from scoring.py (ranks, HR/NDCG, recommendations), catalog.py (names) and continuation.py
 (the Arena task); this file holds the command line and its terminal tables.
 """
+import math
 import sys
 import unicodedata
 
@@ -185,6 +186,8 @@ def parse_args(argv=None):
         parser.error("--checkpoint is required (or --baseline NAME --dataset NAME with --continue or --playlist)")
     if args.k is not None and args.k < 1:
         parser.error("--k must be at least 1")
+    if not math.isfinite(args.feature_weight):
+        parser.error(f"--feature_weight must be a finite number, got {args.feature_weight}")
     return args
 
 

@@ -32,7 +32,7 @@ from runs import (RESUMABLE_FLAGS, SaveDir, carry_best, check_split_unchanged, c
                   load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint)
 from scoring import recommend, score
 from training import Diverged, Position, Stopped, epoch_size, train_epoch
-from utils import InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
+from utils import MAX_THREADS, InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
 from wandb_log import WANDB_PROJECT, log_epoch, start_wandb
 
 SHOWN_PLAYLISTS = 3  # playlists whose top-K recommendations are logged at every evaluation
@@ -119,9 +119,11 @@ def parse_args(argv=None):
     for flag in ("epochs", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "topk", "threads", "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.threads > MAX_THREADS:
+        p.error(f"--threads must be at most {MAX_THREADS}, got {args.threads}")
     for flag in ("patience", "l2"):
-        if getattr(args, flag) < 0:
-            p.error(f"--{flag} must not be negative, got {getattr(args, flag)}")
+        if not 0 <= getattr(args, flag) < math.inf:
+            p.error(f"--{flag} must be a finite number, not negative, got {getattr(args, flag)}")
     for flag in ("lr", "finetune_lr"):
         value = getattr(args, flag)
         if value is not None and not (value > 0 and math.isfinite(value)):

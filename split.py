@@ -451,8 +451,9 @@ def sample_test_negatives(user, item, num_users, num_items, n, rng, user_ids):
     short = np.flatnonzero(free < n)
     if len(short):
         u = short[0]
-        raise InputError(f"--num_test_neg {n} is more than the {free[u]} items user {user_ids[u]} has not "
-                         f"interacted with ({len(short)} users are short; num_items={num_items})")
+        raise InputError(f"--num_test_neg {n} is more than the {plural(int(free[u]), 'item')} user {user_ids[u]} "
+                         f"has not interacted with ({plural(len(short), 'user')} short of them; "
+                         f"num_items={num_items})")
     starts = np.searchsorted(key_user, np.arange(num_users))
     adjusted = key - (np.arange(len(key)) - starts[key_user])
     ranks = rng.integers(0, free[:, None], size=(num_users, n))

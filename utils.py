@@ -33,19 +33,42 @@ def fail(message):
     sys.exit(2)
 
 
+MAX_THREADS = 1024  # --threads: torch's OpenMP cannot start many thousands (it crashes at 100,000)
+SEED_FLAGS = ("seed", "arena_seed")  # integer flags that may be as large as a 64-bit seed; the others fit 32 bits
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit status 2."""
+    """argparse with one-line errors (no usage dump) and exit status 2; integer values beyond what the code can
+    hold (32 bits, seeds 64) and text with a NUL character (which no path or name can hold) refused."""
 
     def error(self, message):
         fail(f"{self.prog}: {message}")
 
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            values = value if isinstance(value, list) else [value]
+            flag = action.option_strings[-1] if action.option_strings else action.dest
+            if any(isinstance(v, str) and "\0" in v for v in values):
+                self.error(f"{flag}: a value with a NUL character")
+            bound = 2 ** 63 if action.dest in SEED_FLAGS else 2 ** 31
+            wild = next((v for v in values if type(v) is int and not -bound <= v < bound), None)
+            if wild is not None:
+                self.error(f"{flag} {wild}: too large")
+        return parsed, rest
+
 
 def run_cli(main):
-    """Run `main()`; turn an InputError into a one-line error and exit status 2."""
+    """Run `main()`; turn an InputError into a one-line error and exit status 2, and running out of memory into one
+    line and exit status 1."""
     try:
         main()
     except InputError as e:
         fail(str(e))
+    except MemoryError as e:
+        print(f"error: out of memory ({one_line(e) if str(e) else 'an allocation failed'})", file=sys.stderr)
+        sys.exit(1)
 
 
 def exit_status(e):
@@ -69,6 +92,8 @@ def read_json(path, keys, where=None):
         raise InputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:  # an integer of more digits than Python converts (4,300)
+        raise InputError(f"{path}: unreadable JSON ({one_line(e, 100)})") from None
     except RecursionError:
         raise InputError(f"{path}: JSON nested deeper than {sys.getrecursionlimit():,} levels") from None
     except OSError as e:
@@ -128,6 +153,8 @@ def check_output(path, flag, inputs=()):
     /proc or /sys, not a directory, a regular file, device or FIFO or nothing yet, writable, in a directory that
     is or can be made, and not one of the run's `inputs` [(flag, path)]; a one-line InputError naming the flag
     otherwise. Removes what an earlier run killed while writing it left (stale temporaries)."""
+    if path.endswith((os.sep, os.sep + ".", os.sep + "..")):
+        raise InputError(f"{flag} {path}: a directory's name, not a file's")
     real = os.path.realpath(path)
     root = next((r for r in REFUSED_ROOTS if real == r or real.startswith(r + os.sep)), None)
     if root is not None:
@@ -362,11 +389,16 @@ def code_provenance(device):
 
 
 def available_memory(device):
-    """Bytes that can still be allocated on `device` (free GPU memory; on the CPU, MemAvailable plus free swap), or
-    None when unknown."""
-    import torch
+    """Bytes that can still be allocated on `device` (free GPU memory; on the CPU, free_ram()), or None when
+    unknown."""
     if device.type == "cuda":
+        import torch
         return torch.cuda.mem_get_info(device)[0]
+    return free_ram()
+
+
+def free_ram():
+    """Bytes of RAM that can still be allocated (MemAvailable plus free swap), or None when unknown."""
     try:
         with open("/proc/meminfo") as f:
             fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2]}

@@ -32,8 +32,9 @@ def one_line_error(done, *named):
 
 
 def write_json(path, value):
+    """`value` as JSON in `path` (a string as it is: JSON text)."""
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f)
+        f.write(value) if isinstance(value, str) else json.dump(value, f)
     return str(path)
 
 
@@ -260,6 +261,35 @@ BAD_INPUTS = {  # name: (a function (melon, tmp_path) -> argv, text the error li
     "evaluate: --out a directory": (lambda melon, tmp: evaluate_arena(
         ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--out", tmp]), "a directory"),
     "evaluate: --checkpoint a directory": (lambda melon, tmp: ["evaluate.py", "--checkpoint", tmp], "a directory"),
+    "evaluate: --k beyond 32 bits": (lambda melon, tmp: evaluate_arena(["--k", 10 ** 30]), "--k"),
+    "evaluate: --feature_weight nan": (lambda melon, tmp: evaluate_arena(
+        ["--playlist", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--feature_weight", "nan"]),
+        "--feature_weight"),
+    "evaluate: a question's songs an object": (lambda melon, tmp: evaluate_arena(
+        ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": {"a": 1}}]), "--out", tmp / "r.json"]),
+        "'songs' must be a list of integer song ids, found an object"),
+    "evaluate: an integer of 5,000 digits": (lambda melon, tmp: evaluate_arena(
+        ["--continue", write_json(tmp / "q.json", "[" + "9" * 5000 + "]"), "--out", tmp / "r.json"]), "q.json"),
+    "evaluate: --out a directory's name": (lambda melon, tmp: evaluate_arena(
+        ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--out", f"{tmp}/new/"]),
+        "a directory's name"),
+    "main: --seed beyond 64 bits": (lambda melon, tmp: ["main.py", *TINY, "--seed", 2 ** 70], "--seed"),
+    "main: --threads 100,000 (OpenMP crashes)": (lambda melon, tmp: ["main.py", *TINY, "--threads", 100_000],
+                                                 "--threads must be at most"),
+    "main: --l2 inf": (lambda melon, tmp: ["main.py", *TINY, "--l2", "inf"], "--l2"),
+    "synthetic: more playlists than memory holds": (
+        lambda melon, tmp: ["synthetic.py", "--playlists", 2 ** 31 - 1, "--out", tmp / "syn"], "of memory"),
+    "synthetic: --playlists beyond 32 bits": (
+        lambda melon, tmp: ["synthetic.py", "--playlists", 10 ** 15, "--out", tmp / "syn"], "--playlists"),
+    "baselines: --threads beyond 32 bits": (
+        lambda melon, tmp: ["baselines.py", "--threads", 10 ** 12, "--save_dir", tmp / "b"], "--threads"),
+    "baselines: --l2 beyond float32": (
+        lambda melon, tmp: ["baselines.py", "--model", "ease", "--l2", "1e308", "--save_dir", tmp / "b"], "--l2"),
+    "baselines: --shrink nan": (lambda melon, tmp: ["baselines.py", "--shrink", "nan", "--save_dir", tmp / "b"],
+                                "--shrink"),
+    "split: --num_test_neg beyond a user's unseen items": (
+        lambda melon, tmp: ["split.py", "--input", write_json(tmp / "r.csv", "1,1\n1,2\n2,1\n2,2\n2,3\n"),
+                            "--num_test_neg", 1, "--out_dir", tmp / "data"], "the 0 items user 2 has not"),
     "bench: a negative --batch_size": (lambda melon, tmp: ["bench.py", "--batch_size", "-1"], "--batch_size"),
     "bench: --json a directory": (lambda melon, tmp: ["bench.py", "--json", tmp], "--json"),
 }
