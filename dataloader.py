@@ -208,7 +208,10 @@ def load(data_dir, name, device="cpu", exclude_test_negatives=True):
 
 def epoch_generator(data, seed, epoch):
     """The generator for one epoch's negatives and shuffle: a function of (seed, epoch) only, so resuming works."""
-    return torch.Generator(device=data.device).manual_seed(seed * 1_000_003 + epoch)
+    key = seed * 1_000_003 + epoch
+    if not -2 ** 63 <= key < 2 ** 64:  # what manual_seed takes; a large --seed wraps around (smaller ones unchanged)
+        key %= 2 ** 64
+    return torch.Generator(device=data.device).manual_seed(key)
 
 
 def key_bitmap(keys, num_keys):

@@ -34,12 +34,11 @@ def fail(message):
 
 
 MAX_THREADS = 1024  # --threads: torch's OpenMP cannot start many thousands (it crashes at 100,000)
-SEED_FLAGS = ("seed", "arena_seed")  # integer flags that may be as large as a 64-bit seed; the others fit 32 bits
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit status 2; integer values beyond what the code can
-    hold (32 bits, seeds 64) and text with a NUL character (which no path or name can hold) refused."""
+    """argparse with one-line errors (no usage dump) and exit status 2; integer values beyond 64 bits (what numpy and
+    torch hold) and text with a NUL character (which no path or name can hold) refused."""
 
     def error(self, message):
         fail(f"{self.prog}: {message}")
@@ -52,8 +51,7 @@ class Parser(argparse.ArgumentParser):
             flag = action.option_strings[-1] if action.option_strings else action.dest
             if any(isinstance(v, str) and "\0" in v for v in values):
                 self.error(f"{flag}: a value with a NUL character")
-            bound = 2 ** 63 if action.dest in SEED_FLAGS else 2 ** 31
-            wild = next((v for v in values if type(v) is int and not -bound <= v < bound), None)
+            wild = next((v for v in values if type(v) is int and not -2 ** 63 <= v < 2 ** 63), None)
             if wild is not None:
                 self.error(f"{flag} {wild}: too large")
         return parsed, rest

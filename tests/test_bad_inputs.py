@@ -21,6 +21,19 @@ from utils import atomic_open, one_line
 BIG_ID = 2 ** 63
 
 
+def null_device(directory):
+    """A character device to write to: a /dev/null of its own in `directory` (made as root), else /dev/null itself
+    (without the right to make one, the test cannot replace /dev/null either)."""
+    device = os.path.join(directory, "null")
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    except OSError:
+        device = "/dev/null"
+    if not stat.S_ISCHR(os.stat(device).st_mode):
+        pytest.skip(f"{device} is not a character device here")
+    return device
+
+
 def one_line_error(done, *named):
     """The one error line of a command that ended with exit status 2 and no traceback; each of `named` in it."""
     assert done.returncode == 2, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
@@ -117,9 +130,10 @@ def test_a_symlinked_output_is_written_through_and_a_device_stays_a_device(tmp_p
         f.write("new")
     assert link.is_symlink() and target.read_text() == "new"
     assert not [name for name in os.listdir(target.parent) if name.endswith(".tmp")]
-    with atomic_open(utils.check_output("/dev/null", "--out")) as f:
+    device = null_device(tmp_path)
+    with atomic_open(utils.check_output(device, "--out")) as f:
         f.write("nothing")
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert stat.S_ISCHR(os.stat(device).st_mode)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert utils.check_output(str(fifo), "--out") == str(fifo)
@@ -261,7 +275,7 @@ BAD_INPUTS = {  # name: (a function (melon, tmp_path) -> argv, text the error li
     "evaluate: --out a directory": (lambda melon, tmp: evaluate_arena(
         ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--out", tmp]), "a directory"),
     "evaluate: --checkpoint a directory": (lambda melon, tmp: ["evaluate.py", "--checkpoint", tmp], "a directory"),
-    "evaluate: --k beyond 32 bits": (lambda melon, tmp: evaluate_arena(["--k", 10 ** 30]), "--k"),
+    "evaluate: --k beyond 64 bits": (lambda melon, tmp: evaluate_arena(["--k", 10 ** 30]), "--k"),
     "evaluate: --feature_weight nan": (lambda melon, tmp: evaluate_arena(
         ["--playlist", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--feature_weight", "nan"]),
         "--feature_weight"),
@@ -279,9 +293,9 @@ BAD_INPUTS = {  # name: (a function (melon, tmp_path) -> argv, text the error li
     "main: --l2 inf": (lambda melon, tmp: ["main.py", *TINY, "--l2", "inf"], "--l2"),
     "synthetic: more playlists than memory holds": (
         lambda melon, tmp: ["synthetic.py", "--playlists", 2 ** 31 - 1, "--out", tmp / "syn"], "of memory"),
-    "synthetic: --playlists beyond 32 bits": (
-        lambda melon, tmp: ["synthetic.py", "--playlists", 10 ** 15, "--out", tmp / "syn"], "--playlists"),
-    "baselines: --threads beyond 32 bits": (
+    "synthetic: --playlists beyond 64 bits": (
+        lambda melon, tmp: ["synthetic.py", "--playlists", 10 ** 20, "--out", tmp / "syn"], "--playlists"),
+    "baselines: --threads beyond 1,024": (
         lambda melon, tmp: ["baselines.py", "--threads", 10 ** 12, "--save_dir", tmp / "b"], "--threads"),
     "baselines: --l2 beyond float32": (
         lambda melon, tmp: ["baselines.py", "--model", "ease", "--l2", "1e308", "--save_dir", tmp / "b"], "--l2"),
@@ -345,11 +359,7 @@ def no_work(monkeypatch):
 
 
 def test_continue_into_a_device_keeps_the_device(arena, tmp_path):
-    device = tmp_path / "null"
-    try:
-        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
-    except OSError:
-        device = "/dev/null"  # without the right to make one: only root could replace /dev/null anyway
+    device = null_device(tmp_path)
     done = evaluate(arena, *continue_flags(arena, device))
     assert done.returncode == 0, done.stderr
     assert stat.S_ISCHR(os.stat(device).st_mode)
@@ -478,3 +488,10 @@ def test_a_checkpoint_finds_its_split_from_anywhere_and_takes_one_given(arena, t
     one_line_error(evaluate(arena, "--data_dir", other, "--dataset", "tiny", cwd=tmp_path),
                    f"trained on {arena[3]['num_users']:,} users x {arena[3]['num_items']:,} items, not the 200 x 300")
     one_line_error(evaluate(arena, "--data_dir", tmp_path / "none", cwd=tmp_path), "none")
+
+
+@pytest.mark.parametrize("flags", [["--seed", 2 ** 63 - 1], ["--topk", 2 ** 62], ["--batch_size", 2 ** 62]])
+def test_extreme_but_valid_flags_give_a_result(shared_split, tmp_path, flags):
+    done = run_script("main.py", "--data_dir", shared_split[0], *TINY, "--epochs", 1, "--save_dir", tmp_path / "run",
+                      *flags)
+    assert done.returncode == 0, done.stderr
