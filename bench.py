@@ -2,7 +2,7 @@
 sampled and full-ranking evaluation time, and peak memory. By default on a Melon-scale synthetic split
 (115,071 playlists, built on first use under data/bench), with the seed's settings.
 
-    python3 bench.py                                         # CPU, batch 1024, 4 negatives, E=8, L=3
+    python3 bench.py                                         # CPU, batch 1024, 4 negatives, the seed's model
     python3 bench.py --batch_size 16384 --lr 0.01 --num_neg 8 --no-sparse --threads 2    # large batch
     python3 bench.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m --per_sample_steps 1000   # and a
                                                             # per-sample DataLoader pipeline for comparison
@@ -181,6 +181,20 @@ def parse_flags():
     return own, rest
 
 
+def evaluation_figures(model, data, device, full_users):
+    """Seconds to rank every test user's held-out item among its sampled candidates, and with `full_users` among
+    every item for that many users (per 1,000, and extrapolated to all)."""
+    figures = {}
+    _, figures["sampled_eval_seconds"] = timed(device, lambda: sampled_ranks(model, data.test))
+    if full_users:
+        users = min(full_users, len(data.test.users))
+        subset = dataloader.Candidates(data.test.users[:users], data.test.items[:users])
+        _, seconds = timed(device, lambda: full_ranks(model, data, subset))
+        figures["full_eval_seconds_per_1000_users"] = seconds / users * 1000
+        figures["full_eval_seconds_all_users_extrapolated"] = seconds / users * len(data.test.users)
+    return figures
+
+
 def report_continuation(own, rest):
     """bench.py --continuation: print (and with --json write) continuation_figures."""
     threads = main.parse_args(rest).threads
@@ -225,13 +239,7 @@ def bench():
     figures["training_samples_per_second"] = samples / (figures["epoch_seconds"] - figures["sampling_seconds"])
     figures["peak_rss_gib_after_training"] = peak_rss_gib()
 
-    _, figures["sampled_eval_seconds"] = timed(device, lambda: sampled_ranks(model, data.test))
-    if own.full_users:
-        users = min(own.full_users, len(data.test.users))
-        subset = dataloader.Candidates(data.test.users[:users], data.test.items[:users])
-        _, seconds = timed(device, lambda: full_ranks(model, data, subset))
-        figures["full_eval_seconds_per_1000_users"] = seconds / users * 1000
-        figures["full_eval_seconds_all_users_extrapolated"] = seconds / users * len(data.test.users)
+    figures.update(evaluation_figures(model, data, device, own.full_users))
     if own.per_sample_steps:
         figures["per_sample_pipeline_samples_per_second"] = per_sample_pipeline(data, args, own.per_sample_steps)
     figures["peak_rss_gib"] = peak_rss_gib()
@@ -248,15 +256,20 @@ def bench():
     config = {k: getattr(args, k) for k in ("model", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "lr",
                                             "beta1", "beta2", "optim", "amp", "threads", "exclude_test_neg")}
     config.update(sparse=sparse, step=type(train_step).__name__)
-    print(f"{machine['device_name']} ({machine['cores']} cores), torch {machine['torch']}, device {device}")
+    report(machine, config, setup, figures, own.json)
+
+
+def report(machine, config, setup, figures, json_path=None):
+    """Print the benchmark's machine, configuration, data and figures (and write them to `json_path`)."""
+    print(f"{machine['device_name']} ({machine['cores']} cores), torch {machine['torch']}, device {machine['device']}")
     print(", ".join(f"{k} {v}" for k, v in config.items()))
     print(", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in setup.items()))
     width = max(map(len, figures))
     for name, value in figures.items():
         print(f"  {name:<{width}}  {value:>14,.2f}")
-    if own.json:
-        with atomic_open(own.json) as f:
+    if json_path:
+        with atomic_open(json_path) as f:
             json.dump({"machine": machine, "config": config, "data": setup, "figures": figures}, f, indent=1)
 
 

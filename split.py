@@ -40,7 +40,8 @@ BAD_DATE = np.iinfo(np.int64).min
 def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_items=None,
           test_item="latest", num_test_neg=99, seed=42, val=False, verbose=True, arena=False, arena_seed=ARENA_SEED,
           questions=(), exclude=None):
-    """Split `input_path` into leave-one-out files in `out_dir`; return the meta dict (NAME.meta.json).
+    """Split `input_path` into leave-one-out files in `out_dir` (options, reading, filtering, holding out, then
+    the files written all at once); return the meta dict (NAME.meta.json).
 
     Melon only: `arena` makes the Arena's local question/answer split (seeded by `arena_seed`); `questions` are
     Arena question files whose playlists join as users without held-out items; `exclude` is an Arena JSON file
@@ -49,34 +50,16 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     melon = input_path.endswith(".json")
     if (arena or questions or exclude) and not melon:
         raise InputError("--arena, --questions and --exclude need a Melon train.json as --input")
-    if min_item_count is None:
-        min_item_count = 25 if melon else 1
-    if min_user_items is None:
-        min_user_items = 3 if val else 2
-    check_options(min_item_count, min_user_items, test_item, num_test_neg, seed, val, name)
-    if not os.path.isfile(input_path):
-        raise InputError(f"{input_path}: {'not a file' if os.path.exists(input_path) else 'no such file'}")
+    min_item_count = (25 if melon else 1) if min_item_count is None else min_item_count
+    min_user_items = (3 if val else 2) if min_user_items is None else min_user_items
+    check_options(input_path, min_item_count, min_user_items, test_item, num_test_neg, seed, val, name)
     if name is None:
         path = os.path.abspath(input_path)
         name = os.path.basename(os.path.dirname(path)) if melon else os.path.splitext(os.path.basename(path))[0]
-    check_outputs(out_dir, name, melon, val, arena,
-                  [("--input", input_path), ("--exclude", exclude)] + [("--questions", path) for path in questions])
+    check_outputs(out_dir, name, melon, val, arena, dict(input=input_path, questions=questions, exclude=exclude))
 
-    arena_files = {}
-    if melon:
-        playlists = read_playlists(input_path)
-        if exclude is not None:
-            playlists, num_excluded = excluded(input_path, playlists, exclude, questions)
-        sources = [(input_path, playlists)] + [(path, read_playlists(path)) for path in questions]
-        check_unique_ids(sources)
-        asked = [record for _, records in sources[1:] for record in records]
-        if arena:
-            playlists, arena_asked, arena_questions, arena_answers, kinds = arena_split(playlists, arena_seed)
-            asked += arena_asked
-            arena_files = {"questions": arena_questions, "answers": arena_answers, "kinds": kinds}
-        data = load_melon(input_path, playlists + asked, num_questions=len(asked))
-    else:
-        data = load_delimited(input_path)
+    data, arena_files = read_melon(input_path, arena, arena_seed, questions, exclude) if melon \
+        else (load_delimited(input_path), {})
     if verbose and test_item == "latest" and not data.get("timestamps", True):
         print(f"note: {input_path} has no timestamps, so each user's held-out item is its last line; if the file "
               f"is sorted by item (as Last.fm's user_artists.dat is, by artist id), use --test_item random")
@@ -85,13 +68,68 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     if len(rows) == 0 or question.all():
         raise InputError(f"no {'playlists' if melon else 'users'} left after filtering {input_path} "
                          f"(min_item_count={min_item_count}, min_user_items={min_user_items})")
-    rating, when = data["rating"][rows], data["time"][rows]
-    num_users, num_items = len(user_ids), len(item_ids)
+    columns = (user, item, data["rating"][rows], data["time"][rows])
+    held = hold_out_all(columns, question, len(user_ids), len(item_ids), test_item, num_test_neg, seed, val, melon,
+                        user_ids)
 
-    pick_test, pick_val, neg_test, neg_val = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+    meta = {
+        "name": name,
+        "format": "melon" if melon else "delimited",
+        "source": os.path.abspath(input_path),
+        "seed": seed,
+        "num_users": len(user_ids),
+        "num_items": len(item_ids),
+        "num_train": len(held["train"]),
+        "num_test_users": len(held["test"]),
+        "num_test_neg": num_test_neg,
+        "has_val": bool(val),
+        "filters": {"min_item_count": min_item_count, "min_user_items": min_user_items, "test_item": test_item},
+        "stats": {**stats, "interactions": len(user), "density": len(user) / (len(user_ids) * len(item_ids))},
+        "user_ids": user_ids.tolist(),
+        "item_ids": item_ids.tolist(),
+    }
+    files = split_files(name, columns, held)
+    if melon:
+        files.update(melon_files(meta, name, out_dir, input_path, data, kept_users, question, arena_files,
+                                 dict(questions=questions, exclude=exclude, arena_seed=arena_seed)))
+    files[f"{name}.meta.json"] = lambda p: write_meta(p, meta)
+    paths = write_all(out_dir, files)
+    if verbose:
+        print(summary(meta, paths, time.time() - start))
+    return meta
+
+
+def read_melon(input_path, arena, arena_seed, questions, exclude):
+    """(interactions as load_melon returns them, the Arena split's files or {}) of a Melon train.json: its
+    playlists less those of `exclude`, then the playlists of the `questions` files and, with `arena`, the Arena
+    split's question playlists (users without held-out items)."""
+    playlists = read_playlists(input_path)
+    num_excluded = 0
+    if exclude is not None:
+        playlists, num_excluded = excluded(input_path, playlists, exclude, questions)
+    sources = [(input_path, playlists)] + [(path, read_playlists(path)) for path in questions]
+    check_unique_ids(sources)
+    asked = [record for _, records in sources[1:] for record in records]
+    arena_files = {}
+    if arena:
+        playlists, arena_asked, arena_questions, arena_answers, kinds = arena_split(playlists, arena_seed)
+        asked += arena_asked
+        arena_files = {"questions": arena_questions, "answers": arena_answers, "kinds": kinds}
+    data = load_melon(input_path, playlists + asked, num_questions=len(asked))
+    data["stats"]["excluded_playlists"] = num_excluded
+    return data, arena_files
+
+
+def hold_out_all(columns, question, num_users, num_items, test_item, num_test_neg, seed, val, melon, user_ids):
+    """{"train", "test", "val" (or None): row indices into `columns` (user, item, rating, time), training rows by
+    user; "negatives", "val_negatives": the sampled evaluation negatives of every user}. Question users have no
+    held-out item; time ties go to the first item on Melon (release dates), to the last elsewhere. Each part draws
+    from its own stream of the seed."""
+    user, item, _, when = columns
     ties_last = not melon
+    pick_test, pick_val, neg_test, neg_val = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
     in_train = np.ones(len(user), bool)
-    rest = np.flatnonzero(~question[user])  # question playlists have no held-out item
+    rest = np.flatnonzero(~question[user])
     test_rows = rest[hold_out(user[rest], when[rest], rest, test_item, ties_last, pick_test)]
     in_train[test_rows] = False
     val_rows = None
@@ -103,61 +141,51 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     val_negatives = (sample_test_negatives(user, item, num_users, num_items, num_test_neg, neg_val, user_ids)
                      if val else None)
     train_rows = np.flatnonzero(in_train)
-    train_rows = train_rows[np.argsort(user[train_rows], kind="stable")]
+    return {"train": train_rows[np.argsort(user[train_rows], kind="stable")], "test": test_rows, "val": val_rows,
+            "negatives": negatives, "val_negatives": val_negatives}
 
-    meta = {
-        "name": name,
-        "format": "melon" if melon else "delimited",
-        "source": os.path.abspath(input_path),
-        "seed": seed,
-        "num_users": num_users,
-        "num_items": num_items,
-        "num_train": len(train_rows),
-        "num_test_users": len(test_rows),
-        "num_test_neg": num_test_neg,
-        "has_val": bool(val),
-        "filters": {"min_item_count": min_item_count, "min_user_items": min_user_items, "test_item": test_item},
-        "stats": {**stats, "interactions": len(user), "density": len(user) / (num_users * num_items)},
-        "user_ids": user_ids.tolist(),
-        "item_ids": item_ids.tolist(),
-    }
-    if melon:
-        meta["song_meta"] = os.path.abspath(os.path.join(os.path.dirname(input_path), "song_meta.json"))
-        meta["num_question_users"] = int(question.sum())
-        meta["questions"] = [os.path.abspath(path) for path in questions]
-        meta["exclude"] = os.path.abspath(exclude) if exclude is not None else None
-        meta["num_excluded"] = num_excluded if exclude is not None else 0
 
-    columns = (user, item, rating, when)
+def split_files(name, columns, held):
+    """{file name: writer} of the leave-one-out files in the NCF paper's format."""
+    user, item = columns[:2]
     files = {
-        f"{name}.train.rating": lambda p: write_rows(p, columns, train_rows),
-        f"{name}.test.rating": lambda p: write_rows(p, columns, test_rows),
-        f"{name}.test.negative": lambda p: write_negatives(p, user, item, test_rows, negatives[user[test_rows]]),
+        f"{name}.train.rating": lambda p: write_rows(p, columns, held["train"]),
+        f"{name}.test.rating": lambda p: write_rows(p, columns, held["test"]),
+        f"{name}.test.negative": lambda p: write_negatives(p, user, item, held["test"],
+                                                           held["negatives"][user[held["test"]]]),
     }
-    if val:
-        files[f"{name}.val.rating"] = lambda p: write_rows(p, columns, val_rows)
-        files[f"{name}.val.negative"] = lambda p: write_negatives(p, user, item, val_rows,
-                                                                  val_negatives[user[val_rows]])
-    if melon:
-        tags = {"tags": [data["tags"][u] for u in kept_users.tolist()],
-                "titles": [data["titles"][u] for u in kept_users.tolist()]}
-        files[f"{name}.tags.json"] = lambda p: write_meta(p, tags)
-    if arena:
-        meta["arena"] = {"seed": arena_seed, "kinds": arena_files["kinds"],
+    if held["val"] is not None:
+        files[f"{name}.val.rating"] = lambda p: write_rows(p, columns, held["val"])
+        files[f"{name}.val.negative"] = lambda p: write_negatives(p, user, item, held["val"],
+                                                                  held["val_negatives"][user[held["val"]]])
+    return files
+
+
+def melon_files(meta, name, out_dir, input_path, data, kept_users, question, arena_files, options):
+    """{file name: writer} of a Melon split's own files (NAME.tags.json; with an Arena split its questions and
+    answers), its entries added to `meta`; options: the questions, exclude and arena_seed it was made with."""
+    meta["song_meta"] = os.path.abspath(os.path.join(os.path.dirname(input_path), "song_meta.json"))
+    meta["num_question_users"] = int(question.sum())
+    meta["questions"] = [os.path.abspath(path) for path in options["questions"]]
+    meta["exclude"] = os.path.abspath(options["exclude"]) if options["exclude"] is not None else None
+    tags = {"tags": [data["tags"][u] for u in kept_users.tolist()],
+            "titles": [data["titles"][u] for u in kept_users.tolist()]}
+    files = {f"{name}.tags.json": lambda p: write_meta(p, tags)}
+    if arena_files:
+        meta["arena"] = {"seed": options["arena_seed"], "kinds": arena_files["kinds"],
                          "questions": os.path.abspath(os.path.join(out_dir, f"{name}.questions.json")),
                          "answers": os.path.abspath(os.path.join(out_dir, f"{name}.answers.json"))}
         files[f"{name}.questions.json"] = lambda p: write_meta(p, arena_files["questions"])
         files[f"{name}.answers.json"] = lambda p: write_meta(p, arena_files["answers"])
-    files[f"{name}.meta.json"] = lambda p: write_meta(p, meta)
-    paths = write_all(out_dir, files)
-    if verbose:
-        print(summary(meta, paths, time.time() - start))
-    return meta
+    return files
 
 
 def check_outputs(out_dir, name, melon, val, arena, inputs):
     """Before any work: every file the split will write in OUT_DIR can be written there (utils.check_output: the
-    directory is or can be made, no output is a directory or one of the `inputs` [(flag, path)])."""
+    directory is or can be made, no output is a directory or one of the `inputs`: {"input", "questions" (a list),
+    "exclude"})."""
+    inputs = [("--input", inputs["input"]), ("--exclude", inputs["exclude"])] + [
+        ("--questions", path) for path in inputs["questions"]]
     suffixes = ["train.rating", "test.rating", "test.negative", "meta.json"] + (
         ["val.rating", "val.negative"] if val else []) + (["tags.json"] if melon else []) + (
         ["questions.json", "answers.json"] if arena else [])
@@ -180,8 +208,8 @@ def excluded(input_path, playlists, exclude, questions):
     return kept, len(playlists) - len(kept)
 
 
-def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed, val, name):
-    """Raise InputError naming the flag for an impossible option value."""
+def check_options(input_path, min_item_count, min_user_items, test_item, num_test_neg, seed, val, name):
+    """Raise InputError naming the flag for an impossible option value, or the input file when it is not one."""
     if min_item_count < 0:
         raise InputError(f"--min_item_count must be >= 0 (got {min_item_count})")
     least = 3 if val else 2
@@ -196,6 +224,8 @@ def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed,
         raise InputError(f"--seed must be >= 0 (got {seed})")
     if name is not None and (not name or os.sep in name or name in (".", "..")):
         raise InputError(f"--name must be a plain file name (got {name!r})")
+    if not os.path.isfile(input_path):
+        raise InputError(f"{input_path}: {'not a file' if os.path.exists(input_path) else 'no such file'}")
 
 
 def load_melon(path, playlists, num_questions=0):
@@ -530,7 +560,7 @@ def summary(meta, paths, seconds):
         f"seed {meta['seed']}",
     ]
     if meta.get("exclude"):
-        lines.append(f"  excluded   {users(meta['num_excluded'])} of {meta['exclude']}")
+        lines.append(f"  excluded   {users(s['excluded_playlists'])} of {meta['exclude']}")
     if meta.get("num_question_users"):
         lines.append(f"  questions  {plural(meta['num_question_users'], 'question ' + user)} train through "
                      f"their visible {item}s, without held-out ones"

@@ -178,7 +178,7 @@ def test_split_exclude_reports_how_many_it_left_out(melon, tmp_path):
     assert f"excluded   7 playlists of {some}" in done.stdout
     with open(tmp_path / "data" / "raw.meta.json") as f:
         meta = json.load(f)
-    assert meta["num_excluded"] == 7 and meta["stats"]["raw_users"] == len(playlists) - 7
+    assert meta["stats"]["excluded_playlists"] == 7 and meta["stats"]["raw_users"] == len(playlists) - 7
 
 
 def test_split_exclude_of_the_question_file_is_refused(melon, tmp_path):
