@@ -24,7 +24,7 @@ import torch
 import continuation
 import dataloader
 import distributed
-from arena import arena_line
+from arena import arena_line, read_task
 from catalog import item_names
 from model import MODELS, ModelConfig, build_model, load_pretrained, model_size
 from optim import OPTIMIZERS, make_step, uses_sparse_updates
@@ -460,6 +460,8 @@ class Outputs:
     def __init__(self, args, data, model, train_step, checkpoint, provenance, sparse):
         self.args, self.data, self.model, self.train_step, self.provenance = args, data, model, train_step, provenance
         self.sparse = sparse
+        files = data.meta.get("arena")  # the Arena questions and answers scored at the end, checked before training
+        self.arena_task = read_task(files["questions"], files["answers"]) if files else None
         os.makedirs(args.save_dir, exist_ok=True)
         self.run = start_wandb(args, data, wandb_run_to_continue(checkpoint, args), provenance)
         self.catalog = item_names(data.meta, range(data.num_items))
@@ -494,14 +496,15 @@ class Outputs:
         """The best checkpoint's Arena score on the split's questions and answers (split.py --arena), or None:
         {"song_ndcg", "tag_ndcg", "score", "seconds", "epoch"}, also printed."""
         files = self.data.meta.get("arena")
-        if not files:
+        if self.arena_task is None:
             return None
         started = time.perf_counter()
         model = copy.deepcopy(self.model)
         model.load_state_dict(load_checkpoint(os.path.join(self.args.save_dir, "best.pt"))["model"])
         model.eval()
         answering = continuation.for_model(model.cpu(), self.data, self.args.data_dir)
-        done = continuation.answer_file(answering, files["questions"], answers_path=files["answers"])
+        done = continuation.answer_file(answering, files["questions"], answers_path=files["answers"],
+                                        task=self.arena_task)
         song, tag, total = done["score"]
         print(f"Arena score of the best checkpoint (epoch {epoch}) on {files['questions']}: "
               + arena_line(song, tag, total))

@@ -495,3 +495,16 @@ def test_extreme_but_valid_flags_give_a_result(shared_split, tmp_path, flags):
     done = run_script("main.py", "--data_dir", shared_split[0], *TINY, "--epochs", 1, "--save_dir", tmp_path / "run",
                       *flags)
     assert done.returncode == 0, done.stderr
+
+
+def test_main_checks_the_arena_files_it_scores_at_the_end_before_training(arena, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(arena[1], data)
+    write_json(data / "ar.answers.json", json.loads((data / "ar.answers.json").read_text())[1:])
+    meta = json.loads((data / "ar.meta.json").read_text())
+    meta["arena"]["answers"] = str(data / "ar.answers.json")  # the copy's (meta.json names them by absolute path)
+    write_json(data / "ar.meta.json", meta)
+    done = run_script("main.py", "--data_dir", data, "--dataset", "ar", "--epochs", 1, "--gpu", "cpu",
+                      "--wandb", "disabled", "--save_dir", tmp_path / "run")
+    one_line_error(done, "ar.answers.json", "1 question without an answer")
+    assert "epoch 1" not in done.stdout and not os.path.exists(tmp_path / "run")
