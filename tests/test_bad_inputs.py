@@ -256,7 +256,7 @@ BAD_INPUTS = {  # name: (a function (melon, tmp_path) -> argv, text the error li
         lambda melon, tmp: ["baselines.py", "--data_dir", tmp / "none", "--dataset", "x"], "none"),
     "grid: --out_dir a file": (
         lambda melon, tmp: ["grid.py", "--out_dir", write_json(tmp / "file", []), "--data_dir", tmp / "none",
-                            "--dataset", "x"], ""),
+                            "--dataset", "x"], "--out_dir"),
     "reproduce: an unknown experiment": (lambda melon, tmp: ["reproduce.py", "no-such-experiment"], "no-such"),
     "evaluate: --continue []": (lambda melon, tmp: evaluate_arena(["--continue", write_json(tmp / "q.json", []),
                                                                     "--out", tmp / "r.json"]), "no playlists"),
