@@ -1,5 +1,6 @@
-"""Small shared helpers: one-line input errors with exit status 2, reading JSON with such errors, atomic file writes
-and links, the CLI parser, directory locks, what runs the code (provenance) and the memory left on a device."""
+"""Small shared helpers: one-line input errors with exit status 2, reading JSON with such errors, outputs checked
+before the work and written atomically, links, the CLI parser, progress lines, directory locks, what runs the code
+(provenance) and the memory left on a device."""
 import argparse
 import json
 import os
@@ -151,6 +152,7 @@ def check_output(path, flag, inputs=()):
     /proc or /sys, not a directory, a regular file, device or FIFO or nothing yet, writable, in a directory that
     is or can be made, and not one of the run's `inputs` [(flag, path)]; a one-line InputError naming the flag
     otherwise. Removes what an earlier run killed while writing it left (stale temporaries)."""
+    path = os.fspath(path)
     if path.endswith((os.sep, os.sep + ".", os.sep + "..")):
         raise InputError(f"{flag} {path}: a directory's name, not a file's")
     real = os.path.realpath(path)
@@ -184,7 +186,8 @@ def check_output(path, flag, inputs=()):
 
 def remove_stale_temporaries(path):
     """Remove the temporary files beside `path` (.NAME.*.tmp) that atomic_path left when a process writing it was
-    killed: those of processes no longer running (their pid is in the name) and those of older versions (none)."""
+    killed: those of processes no longer running (their pid is in the name), and those with no pid in their name
+    (written by older versions of this code)."""
     directory, name = os.path.split(os.path.abspath(path))
     try:
         siblings = os.listdir(directory)
@@ -203,6 +206,7 @@ def remove_stale_temporaries(path):
 
 
 def process_running(pid):
+    """Whether a process with this pid runs on this machine."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):
