@@ -74,7 +74,8 @@ def load_checkpoint(path, device="cpu"):
                   else one_line(e, 120))
         raise InputError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not {"config", "model", "epoch"} <= checkpoint.keys() \
-            or not isinstance(checkpoint["config"], dict) or not CONFIG_KEYS <= checkpoint["config"].keys():
+            or not isinstance(checkpoint["config"], dict) or not CONFIG_KEYS <= checkpoint["config"].keys() \
+            or not isinstance(checkpoint["model"], dict) or not isinstance(checkpoint.get("provenance") or {}, dict):
         raise InputError(f"{path}: not a checkpoint written by main.py")
     return checkpoint
 
@@ -99,7 +100,10 @@ def split_of(checkpoint, path, data_dir=None, dataset=None):
 def model_from_checkpoint(checkpoint, data, path="checkpoint"):
     """The model a checkpoint (of `path`) holds, built by its configuration for `data` and on `data`'s device; a
     one-line error when it was trained on another number of users or items."""
-    model = build_model(ModelConfig.of(checkpoint["config"]), data.num_users, data.num_items)
+    try:
+        model = build_model(ModelConfig.of(checkpoint["config"]), data.num_users, data.num_items)
+    except (ValueError, TypeError, OverflowError, RuntimeError) as e:
+        raise InputError(f"{path}: its configuration describes no model that can be built ({one_line(e)})") from None
     state = checkpoint["model"]
     trained = tuple(next((state[key].shape[0] for key in (f"{side}_gmf.weight", f"{side}_mlp.weight") if key in state),
                          0) for side in ("user", "item"))
@@ -109,8 +113,22 @@ def model_from_checkpoint(checkpoint, data, path="checkpoint"):
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise InputError(f"{path}: does not fit its configuration ({one_line(e)})") from None
+        raise InputError(f"{path}: does not fit its configuration ({state_mismatch(model, state) or one_line(e)})"
+                         ) from None
     return model.to(data.device)
+
+
+def state_mismatch(model, state):
+    """In words, the first tensor of `state` that `model` lacks, or has not, or has in another shape; or None."""
+    own = model.state_dict()
+    for key, tensor in own.items():
+        if key not in state:
+            return f"it has no {key}"
+        shape = tuple(getattr(state[key], "shape", ()))
+        if shape != tuple(tensor.shape):
+            return f"its {key} is {list(shape)}, the configuration's model's {list(tensor.shape)}"
+    extra = next((key for key in state if key not in own), None)
+    return f"its {extra} is not the configuration's model's" if extra else None
 
 
 def load_pretrained_checkpoints(args, data, device="cpu"):

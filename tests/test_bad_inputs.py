@@ -508,3 +508,46 @@ def test_main_checks_the_arena_files_it_scores_at_the_end_before_training(arena,
                       "--wandb", "disabled", "--save_dir", tmp_path / "run")
     one_line_error(done, "ar.answers.json", "1 question without an answer")
     assert "epoch 1" not in done.stdout and not os.path.exists(tmp_path / "run")
+
+
+SPLIT_DAMAGE = {  # name: (split file suffix, new content from the old, text the error line names)
+    "an item id beyond 64 bits": ("train.rating", lambda text: f"0\t{2 ** 63}\t1\t0\n" + text, "line 1"),
+    "an item index far beyond the items": ("train.rating", lambda text: f"0\t{10 ** 12}\t1\t0\n" + text,
+                                           "1,000,000,000,001 items"),
+    "meta.json nested too deep": ("meta.json", lambda text: "[" * 50_000 + "]" * 50_000, "nested deeper"),
+    "meta.json a list": ("meta.json", lambda text: "[]", "expected a JSON object"),
+    "meta.json's item_ids a number": ("meta.json", lambda text: '{"item_ids": 5}', "'item_ids' must be a list"),
+    "meta.json's item_ids too few": ("meta.json", lambda text: '{"item_ids": [1, 2]}', "2 item_ids for 300 items"),
+}
+
+
+@pytest.mark.parametrize("damage", SPLIT_DAMAGE)
+def test_a_damaged_split_gives_one_line(trained_run, shared_split, tmp_path, damage):
+    suffix, change, named = SPLIT_DAMAGE[damage]
+    data = tmp_path / "data"
+    shutil.copytree(shared_split[0], data)
+    path = data / f"tiny.{suffix}"
+    path.write_text(change(path.read_text() if path.exists() else ""))
+    done = run_script("evaluate.py", "--checkpoint", os.path.join(trained_run[0], "best.pt"), "--gpu", "cpu",
+                      "--data_dir", data, "--dataset", "tiny")
+    one_line_error(done, named)
+
+
+CHECKPOINT_DAMAGE = {  # name: (checkpoint -> the damaged one, text the error line names)
+    "a tensor of another shape": (lambda c: dict(c, model={k: v[:, :1] if v.dim() == 2 else v
+                                                           for k, v in c["model"].items()}),
+                                  "its user_gmf.weight is [200, 1], the configuration's model's [200, 8]"),
+    "an unknown model": (lambda c: dict(c, config=dict(c["config"], model="nosuch")), "describes no model"),
+    "a negative number of layers": (lambda c: dict(c, config=dict(c["config"], num_layers=-1)), "describes no model"),
+    "provenance not an object": (lambda c: dict(c, provenance="x"), "not a checkpoint written by main.py"),
+    "a model not an object": (lambda c: dict(c, model=[1]), "not a checkpoint written by main.py"),
+}
+
+
+@pytest.mark.parametrize("damage", CHECKPOINT_DAMAGE)
+def test_a_damaged_checkpoint_gives_one_line(trained_run, tmp_path, damage):
+    import torch
+    change, named = CHECKPOINT_DAMAGE[damage]
+    checkpoint = torch.load(os.path.join(trained_run[0], "best.pt"), weights_only=True)
+    torch.save(change(checkpoint), tmp_path / "best.pt")
+    one_line_error(run_script("evaluate.py", "--checkpoint", tmp_path / "best.pt", "--gpu", "cpu"), named)
