@@ -239,8 +239,7 @@ def atomic_path(path):
             raise InputError(f"{path}: written by another process while this one ran; not replaced (run again "
                              f"to replace it)")
         os.replace(tmp, path)
-        if path in _checked:
-            _checked[path] = file_state(path)
+        _checked.pop(path, None)  # written: a later write is its own (checked again, or not at all)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
