@@ -12,6 +12,7 @@ What it prints it gets from scoring.py (ranks, HR/NDCG, recommendations), catalo
 (the Arena task); this file holds the command line and its terminal tables.
 """
 import math
+import os
 import sys
 import unicodedata
 
@@ -19,7 +20,7 @@ import continuation
 import dataloader
 from arena import ARENA_TAGS, arena_line, read_task
 from catalog import item_names, playlist_title
-from runs import load_checkpoint, model_from_checkpoint, split_changes, split_of
+from runs import SPLIT_SUFFIXES, load_checkpoint, model_from_checkpoint, split_changes, split_of
 from scoring import recommend, score, similar_items, user_items
 from utils import InputError, Parser, check_output, plural, resolve_device, run_cli
 
@@ -201,6 +202,14 @@ def read_inputs(args):
     return read_task(args.playlist) if args.playlist is not None else None
 
 
+def check_out_against_split(args, data_dir, dataset):
+    """--out checked again once the split is known: not one of its files (read by the work, or by the next run)."""
+    if args.out is not None:
+        check_output(args.out, "--out", [("split file", os.path.join(data_dir, f"{dataset}.{suffix}"))
+                                         for suffix in (*SPLIT_SUFFIXES, "tags.json", "questions.json",
+                                                        "answers.json")])
+
+
 def run_task(model, data, data_dir, args, k, task):
     """The task the flags ask for, with `model` (None for a --baseline alone) on `data`; `task`: read_inputs'."""
     if args.recommend is not None:
@@ -224,10 +233,12 @@ def main(argv=None):
     device = resolve_device(args.gpu)
     if args.checkpoint is None:
         data_dir = args.data_dir or "data"
+        check_out_against_split(args, data_dir, args.dataset)
         data = dataloader.load(data_dir, args.dataset, device)
         return run_task(None, data, data_dir, args, 10 if args.k is None else args.k, task)
     checkpoint = load_checkpoint(args.checkpoint, device)
     data_dir, dataset = split_of(checkpoint, args.checkpoint, args.data_dir, args.dataset)
+    check_out_against_split(args, data_dir, dataset)
     data = dataloader.load(data_dir, dataset, device)
     model = model_from_checkpoint(checkpoint, data, args.checkpoint)
     changed = split_changes(checkpoint, data_dir, dataset)

@@ -155,6 +155,12 @@ def check_output(path, flag, inputs=()):
     path = os.fspath(path)
     if path.endswith((os.sep, os.sep + ".", os.sep + "..")):
         raise InputError(f"{flag} {path}: a directory's name, not a file's")
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet (a link to nothing: written where it points)
+        pass
+    except OSError as e:  # a loop of links, a file where a directory should be, ...
+        raise InputError(f"{flag} {path}: {e.strerror}") from None
     real = os.path.realpath(path)
     root = next((r for r in REFUSED_ROOTS if real == r or real.startswith(r + os.sep)), None)
     if root is not None:

@@ -217,6 +217,15 @@ def split_with_questions(melon, tmp_path, questions):
             "--out_dir", tmp_path / "data"]
 
 
+def symlink_loop(tmp):
+    """A link of a loop of two symbolic links, beside `tmp` (files_of cannot read them)."""
+    directory = tmp.parent / f"{tmp.name}-loop"
+    directory.mkdir()
+    os.symlink(directory / "b", directory / "a")
+    os.symlink(directory / "a", directory / "b")
+    return directory / "a"
+
+
 def evaluate_arena(flags):
     """evaluate.py with a checkpoint that need not exist: the bad input must be found before the checkpoint is read."""
     return ["evaluate.py", "--checkpoint", "no-such-checkpoint.pt", "--gpu", "cpu", *flags]
@@ -274,6 +283,12 @@ BAD_INPUTS = {  # name: (a function (melon, tmp_path) -> argv, text the error li
          "--out", tmp / "r.json"]), "a.json: JSON nested deeper"),
     "evaluate: --out a directory": (lambda melon, tmp: evaluate_arena(
         ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--out", tmp]), "a directory"),
+    "evaluate: --out a loop of symbolic links": (lambda melon, tmp: evaluate_arena(
+        ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--out", symlink_loop(tmp)]),
+        "Too many levels of symbolic links"),
+    "evaluate: --out under a file": (lambda melon, tmp: evaluate_arena(
+        ["--continue", write_json(tmp / "q.json", [{"id": 1, "songs": [1]}]), "--out", tmp / "q.json" / "r.json"]),
+        "q.json is a file, not a directory"),
     "evaluate: --checkpoint a directory": (lambda melon, tmp: ["evaluate.py", "--checkpoint", tmp], "a directory"),
     "evaluate: --k beyond 64 bits": (lambda melon, tmp: evaluate_arena(["--k", 10 ** 30]), "--k"),
     "evaluate: --feature_weight nan": (lambda melon, tmp: evaluate_arena(
@@ -378,10 +393,10 @@ def test_continue_through_a_symlink_writes_its_target(arena, tmp_path):
     assert link.is_symlink() and len(json.loads(target.read_text())) == len(questions)
 
 
-@pytest.mark.parametrize("flag", ["--continue", "--answers", "--checkpoint"])
+@pytest.mark.parametrize("flag", ["--continue", "--answers", "--checkpoint", "split file"])
 def test_continue_out_naming_an_input_is_refused_before_the_work(arena, flag, no_work):
     inputs = {"--continue": arena[1] / "ar.questions.json", "--answers": arena[1] / "ar.answers.json",
-              "--checkpoint": arena[2]}
+              "--checkpoint": arena[2], "split file": arena[1] / "ar.train.rating"}
     before = inputs[flag].read_bytes()
     one_line_error(evaluate(arena, *continue_flags(arena, inputs[flag])), "--out", f"the same file as {flag}")
     assert inputs[flag].read_bytes() == before
