@@ -29,7 +29,7 @@ from catalog import item_names
 from model import MODELS, ModelConfig, build_model, load_pretrained, model_size
 from optim import FUSED_OPTIMIZERS, OPTIMIZERS
 from runs import (RESUMABLE_FLAGS, SaveDir, carry_best, check_split_unchanged, compact, load_checkpoint,
-                  load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint)
+                  load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint, split_of)
 from scoring import recommend, score
 from training import Diverged, Position, Stopped, epoch_size, make_step, train_epoch, uses_sparse_updates
 from utils import MAX_THREADS, InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
@@ -282,8 +282,10 @@ def resume(args, given):
     # the run continues where its last.pt is (a copied run's copy), or in --save_dir: never in the directory the
     # checkpoint names, which may be another run's
     save_dir = args.save_dir if "save_dir" in given else os.path.dirname(args.resume) or "."
+    data_dir = args.data_dir if "data_dir" in given else None  # the split moved: checked to be the same files
     args.__dict__.update(checkpoint["config"])
     args.__dict__.update(overrides, save_dir=save_dir)
+    args.data_dir, args.dataset = split_of(checkpoint, args.resume, data_dir)  # found from wherever this runs
     if os.environ.get("RANK", "0") == "0":
         within = f" and {checkpoint['step']} steps of epoch {checkpoint['epoch'] + 1}" if checkpoint.get("step") else ""
         print(f"resuming {args.resume} after epoch {checkpoint['epoch']}{within} with its configuration: "

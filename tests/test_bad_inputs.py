@@ -566,3 +566,11 @@ def test_a_damaged_checkpoint_gives_one_line(trained_run, tmp_path, damage):
     checkpoint = torch.load(os.path.join(trained_run[0], "best.pt"), weights_only=True)
     torch.save(change(checkpoint), tmp_path / "best.pt")
     one_line_error(run_script("evaluate.py", "--checkpoint", tmp_path / "best.pt", "--gpu", "cpu"), named)
+
+
+def test_resume_from_another_directory_finds_the_split(arena, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(arena[2].parent, copy)  # main.py ran in arena's root with --data_dir data (relative)
+    done = run_script("main.py", "--resume", copy / "last.pt", "--epochs", 2, "--wandb", "disabled", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "epoch 2 loss" in done.stdout
