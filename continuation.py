@@ -315,7 +315,7 @@ class Continuation:
 def listed(values, scores):
     """Each row of `values` (numpy [rows, k]) as a list, without the entries whose score is -inf (a playlist's own
     songs or tags)."""
-    kept = torch.isfinite(scores).numpy()
+    kept = (scores != float("-inf")).numpy()
     if kept.all():
         return values.tolist()
     return [row[keep].tolist() for row, keep in zip(values, kept)]

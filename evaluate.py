@@ -102,8 +102,7 @@ def continue_questions(model, data, data_dir, args, task):
     done = continuation.answer_file(answering, args.continue_, args.out, args.answers, timings, task)
     if done["unknown"]:
         print(f"note: {plural(done['unknown'], 'song')} of the questions {'is' if done['unknown'] == 1 else 'are'} "
-              f"unknown to the model (not in split "
-              f"{data.name!r}): skipped")
+              f"unknown to the model (not in split {data.name!r}): skipped")
     folded = (f"{timings['folded_in']:,} folded in ({timings['fold_in_seconds']:.1f}s), "
               if timings.get("folded_in") else "")
     print(f"wrote {args.out}: {plural(len(done['results']), 'playlist')}, 100 songs and 10 tags each, in "
