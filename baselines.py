@@ -22,6 +22,7 @@ operations to build them: a few seconds an epoch at dim 64 on ML-1M with one thr
 import dataclasses
 import itertools
 import json
+import math
 import os
 import time
 
@@ -32,7 +33,7 @@ import dataloader
 from scoring import score
 from dataloader import csr_rows, row_ids
 from runs import make_dirs, new_run_dir, run_provenance
-from utils import InputError, Parser, atomic_open, run_cli
+from utils import MAX_THREADS, InputError, Parser, atomic_open, check_output, run_cli
 
 NAMES = ("pop", "itemknn", "ease", "ials")
 DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0}, "ease": {"l2": 500.0},
@@ -393,16 +394,22 @@ def main(argv=None):
     if any(getattr(args, key) is not None and getattr(args, key) < 1 for key in ("neighbours", "dim", "epochs")) \
             or args.topk < 1 or args.threads < 1:
         p.error("--neighbours, --dim, --epochs, --topk and --threads must be at least 1")
-    if any(getattr(args, key) is not None and getattr(args, key) < 0 for key in ("shrink", "unobserved")) \
-            or (args.l2 is not None and not args.l2 > 0):
-        p.error("--shrink and --unobserved must not be negative and --l2 must be positive")
+    if args.threads > MAX_THREADS:
+        p.error(f"--threads must be at most {MAX_THREADS}, got {args.threads}")
+    given = [getattr(args, key) for key in ("shrink", "unobserved") if getattr(args, key) is not None]
+    if any(not 0 <= value < math.inf for value in given) \
+            or (args.l2 is not None and not 0 < args.l2 <= torch.finfo(torch.float32).max):
+        p.error("--shrink and --unobserved must be finite numbers, not negative, and --l2 a positive one (float32's "
+                "range)")
     torch.set_num_threads(args.threads)
     args.dataset = args.dataset or dataloader.default_dataset(args.data_dir)
+    if args.save_dir:  # checked before the work, made after the split loads
+        if os.path.exists(os.path.join(args.save_dir, "results.json")):
+            raise InputError(f"--save_dir {args.save_dir} holds an earlier run's results.json: choose another")
+        check_output(os.path.join(args.save_dir, "results.json"), "--save_dir")
     data = dataloader.load(args.data_dir, args.dataset)
     if args.save_dir:
         make_dirs(args.save_dir)
-        if os.path.exists(os.path.join(args.save_dir, "results.json")):
-            raise InputError(f"--save_dir {args.save_dir} holds an earlier run's results.json: choose another")
         save_dir = args.save_dir
     else:
         save_dir, _ = new_run_dir(os.path.join("runs", args.dataset, f"baseline-{args.model}"))

@@ -375,14 +375,14 @@ def torch_optimizer(params, optim, lr, betas, l2, sparse):
 
 
 def fused_step_agrees(model, optim="adam", lr=1e-3, betas=(0.9, 0.999), l2=0.0, sparse=True, pairs=64,
-                      tolerance=1e-4, update_tolerance=1e-3):
-    """(agrees, why not): whether one FusedStep on a copy of `model` gives the loss, gradients and updated
-    parameters that autograd through the model's forward and the torch optimizer give on another copy, on `pairs`
-    random samples in training mode, both on small_copy(model). The loss and each gradient agree within `tolerance`
-    of their largest magnitude (float32 sums taken in another order); each parameter's change within
-    `update_tolerance` of its L2 norm, as Adam's first step, g / (|g| + eps), turns the round-off of a gradient
-    near zero into a change of up to lr. A forward whose training-mode output is not reproducible
-    (dropout) disagrees. `model` and torch's random state are left as they were."""
+                      tolerance=1e-4):
+    """(agrees, why not): whether one FusedStep on a copy of `model` gives the loss and gradients that autograd
+    through the model's forward gives on another copy, on `pairs` random samples in training mode, both on
+    small_copy(model): the part of the step derived from forward by hand. They agree within `tolerance` of their
+    largest magnitude (float32 sums taken in another order). The update that follows is the optimizer's own,
+    whatever forward is (tests/test_optim.py holds it to torch's), and checking it here would cost a second of
+    start-up (torch.optim's first optimizer imports torch._dynamo). A forward whose training-mode output is not
+    reproducible (dropout) disagrees. `model` and torch's random state are left as they were."""
     device = next(model.parameters()).device
     model = small_copy(model)
     generator = torch.Generator().manual_seed(0)
@@ -394,23 +394,18 @@ def fused_step_agrees(model, optim="adam", lr=1e-3, betas=(0.9, 0.999), l2=0.0, 
         with torch.no_grad():
             if not torch.equal(by_autograd(users, items), by_autograd(users, items)):
                 return False, "its training-mode output is not reproducible (dropout?)"
-        step = AutogradStep(by_autograd, torch_optimizer(by_autograd.parameters(), optim, lr, betas, l2, sparse))
-        expected = step(users, items, labels, 1 / pairs)
+        expected = F.binary_cross_entropy_with_logits(by_autograd(users, items).float(), labels, reduction="sum")
+        (expected / pairs).backward()
         try:
             fused = FusedStep(by_fused, optim, lr, betas, l2=l2, sparse=sparse)
             loss, ids, row_grads = fused.backward(users, items, labels, 1 / pairs)
             grads = fused.named_gradients(by_fused, ids, row_grads)
-            fused.update(ids, row_grads)
         except Exception as e:  # a model the fused step cannot pack or derive: any error means "disagrees"
             return False, f"the fused step fails on it: {type(e).__name__}: {e}"
-    if not matches(loss, expected, tolerance):
+    if not matches(loss, expected.detach(), tolerance):
         return False, f"loss {loss.item():.6g}, forward's {expected.item():.6g}"
-    before = dict(model.named_parameters())
     for name, p in by_autograd.named_parameters():
         grad = torch.zeros_like(p) if p.grad is None else p.grad.to_dense()
         if not matches(grads[name], grad, tolerance):
             return False, f"the gradient of {name}"
-        change = dict(by_fused.named_parameters())[name] - before[name]
-        if not matches(change, p.detach() - before[name], update_tolerance, norm=2):
-            return False, f"the update of {name}"
     return True, ""
