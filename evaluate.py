@@ -20,9 +20,10 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+import blend
 import continuation
 import dataloader
-from metrics import arena_line, arena_score, full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
+from metrics import arena_line, arena_score, check_arena_results, full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
 from model import build_model
 from runs import load_checkpoint, split_changes
 from utils import MISSING, InputError, Parser, read_json, resolve_device, run_cli
@@ -303,6 +304,43 @@ def continue_questions(model, data, data_dir, args):
         print(arena_line(*arena_score(results, answers, args.out)))
 
 
+def chosen_method(checkpoint, args):
+    """The method --continue answers with (blend.py), or None for the seed's Continuation: --method's, else the one
+    the checkpoint's run validated (main.py --recipe arena); one line says which."""
+    recorded = (checkpoint or {}).get("continuation")
+    if args.method is None and recorded is None:
+        return None
+    method = blend.named_method(recorded or blend.UNVALIDATED, args.method or recorded["name"])
+    how = ("validated by main.py --recipe arena" if args.method is None
+           else f"--method, with the {'validated' if recorded else 'default (no validated method in the checkpoint)'} "
+                f"settings")
+    weights = "; ".join(f"{part} " + ", ".join(f"{k} {w:g}" for k, w in method[part].items() if w)
+                        for part in ("songs", "no_songs", "tags") if method[part])
+    print(f"method: {method['name']} ({how}){': ' + weights if weights else ''}")
+    return method
+
+
+def continue_by_method(model, data, data_dir, method, args):
+    """--continue with a blend.py method: results.json (and its Arena score with --answers, printed last)."""
+    questions = continuation.read_questions(args.continue_)
+    answers = continuation.read_questions(args.answers) if args.answers else None
+    if answers is not None and {a["id"] for a in answers} != {q["id"] for q in questions}:
+        raise InputError(f"--answers {args.answers}: its playlist ids are not those of {args.continue_}")
+    started, timings = time.perf_counter(), {}
+    scorers = blend.Scorers(data, continuation.Vocabulary(data, data_dir), method, model, args.fold_in == "all",
+                            timings)
+    results, unknown = blend.answer(scorers, questions, timings)
+    check_arena_results(results, [q["id"] for q in questions], "results")
+    continuation.write_results(args.out, results)
+    folded = (f" ({timings['folded_in']:,} folded in, {timings['fold_in_seconds']:.1f}s)"
+              if timings.get("folded_in") else "")
+    print(f"wrote {args.out}: {len(results):,} playlists, 100 songs and 10 tags each, in "
+          f"{time.perf_counter() - started:.1f}s{folded}"
+          + (f"; {unknown:,} of their songs unknown to the split: skipped" if unknown else ""))
+    if answers is not None:
+        print(arena_line(*arena_score(results, answers, args.out)))
+
+
 def print_playlists(model, data, data_dir, args, k):
     """--playlist: each playlist's top-k songs with names and its 10 tags."""
     playlists = continuation.read_questions(args.playlist)
@@ -366,6 +404,10 @@ def main():
     parser.add_argument("--baseline", choices=["pop", "itemknn", "ease"], default=None,
                         help="--continue/--playlist: songs from this non-neural baseline (baselines.py) fitted on "
                              "the checkpoint's split instead of the model, or without --checkpoint on --dataset's")
+    parser.add_argument("--method", choices=blend.METHODS, default=None,
+                        help="--continue: answer by this method (blend.py) instead of the one the checkpoint's run "
+                             "validated (main.py --recipe arena): its model alone, a neighbour method alone, the "
+                             "blend, most popular")
     parser.add_argument("--data_dir", default="data", help="--baseline without --checkpoint: the split's directory")
     parser.add_argument("--dataset", help="--baseline without --checkpoint: the split's name")
     args = parser.parse_args()
@@ -398,6 +440,9 @@ def main():
     if args.similar is not None:
         return print_similar(model, data, args.similar, k)
     if args.continue_ is not None:
+        method = chosen_method(checkpoint, args)
+        if method is not None:
+            return continue_by_method(model, data, config["data_dir"], method, args)
         return continue_questions(model, data, config["data_dir"], args)
     if args.playlist is not None:
         return print_playlists(model, data, config["data_dir"], args, k)
