@@ -52,18 +52,28 @@ def needs(method, scorer):
 
 
 class Scorers:
-    """The scorers a method needs, fitted on one split (`data`, its `vocabulary`), and the trained `model` (or None
-    where the method does not use it)."""
+    """The scorers a method needs, fitted on one split (`data`, its `vocabulary`) or taken from `fitted` (a dict
+    that keeps them for later Scorers of the same split), and the trained `model` (or None where the method does
+    not use it)."""
 
-    def __init__(self, data, vocabulary, method, model=None, fold_in_all=False, timings=None):
+    def __init__(self, data, vocabulary, method, model=None, fold_in_all=False, timings=None, fitted=None):
         self.data, self.vocabulary, self.method = data, vocabulary, method
         self.base = continuation.Continuation(data, vocabulary, None)
-        self.itemknn = baselines.fit("itemknn", data, **method["itemknn"]) if needs(method, "itemknn") else None
+        fitted = {} if fitted is None else fitted  # {(name, settings): fitted baseline}, kept between calls
+
+        def fit(name, fitter):
+            key = (name, tuple(sorted(method[name if name != "features" else "playlistknn"].items())))
+            if key not in fitted:
+                fitted[key] = fitter()
+            return fitted[key]
+
+        self.itemknn = fit("itemknn", lambda: baselines.fit("itemknn", data, **method["itemknn"])) \
+            if needs(method, "itemknn") else None
         self.by_songs = self.by_features = None
         if needs(method, "playlistknn") or needs(method, "neighbours"):
-            self.by_songs = baselines.fit("playlistknn", data, **method["playlistknn"])
-            self.by_features = baselines.PlaylistKNN(*vocabulary.user_features, vocabulary.num_features,
-                                                     neighbours=method["playlistknn"]["neighbours"])
+            self.by_songs = fit("playlistknn", lambda: baselines.fit("playlistknn", data, **method["playlistknn"]))
+            self.by_features = fit("features", lambda: baselines.PlaylistKNN(
+                *vocabulary.user_features, vocabulary.num_features, neighbours=method["playlistknn"]["neighbours"]))
         self.model_source = None
         if needs(method, "model"):
             if model is None:

@@ -180,11 +180,11 @@ def with_user_tables(model, tables):
 
 
 def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN["lr"], num_neg=FOLD_IN["num_neg"],
-            seed=FOLD_IN["seed"]):
+            seed=FOLD_IN["seed"], losses=None):
     """A model for playlists the model has never seen, row r of the CSR (indptr, songs) being playlist r: its user
     tables are fitted to each playlist's songs against `num_neg` random songs a song (redrawn every step, seeded),
     all playlists at once, by Adam on the model's own loss, from the trained users' mean; the item side and layers
-    are frozen (shared with `model`). On the model's device."""
+    are frozen (shared with `model`). On the model's device. `losses`: a list each step's loss is appended to."""
     device = next(model.parameters()).device
     indptr, songs = indptr.to(device), songs.to(device)
     names = [name for name, _ in model.named_children() if name.startswith("user_")]
@@ -207,6 +207,8 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if losses is not None:
+                losses.append(loss.item())
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -108,17 +108,18 @@ class Judge:
     weight search, every scorer's standardised scores of every question computed once."""
 
     def __init__(self, validation):
-        self.validation = validation
+        self.validation, self.fitted = validation, {}
 
     def score(self, method, model=None, fold_in_all=False):
-        scorers = blend.Scorers(self.validation.data, self.validation.vocabulary, method, model, fold_in_all)
+        scorers = blend.Scorers(self.validation.data, self.validation.vocabulary, method, model, fold_in_all,
+                                fitted=self.fitted)
         results, _ = blend.answer(scorers, self.validation.questions)
         return arena_score(results, self.validation.answers, "validation results")
 
     def search(self, method, model, say):
         """`method` with the weights of its song and tag scorers chosen by coordinate ascent over WEIGHTS (two
         passes), each part (songs of playlists with known songs, without, tags) on its own nDCG."""
-        scorers = blend.Scorers(self.validation.data, self.validation.vocabulary, method, model)
+        scorers = blend.Scorers(self.validation.data, self.validation.vocabulary, method, model, fitted=self.fitted)
         prepared = scorers.prepare(self.validation.questions)
         rows = torch.arange(len(self.validation.questions))
         song_scores, tag_scores = prepared.song_scores(rows), prepared.tag_scores(rows)
