@@ -242,10 +242,11 @@ class PlaylistKNN(Baseline):
         self.register_buffer("item_weights", item_indptr.diff().float().clamp(min=1) ** -idf)
         self.register_buffer("user_norms", indptr.diff().float().clamp(min=1) ** (1 - alpha))
 
-    def nearest(self, indptr, items, exclude=None):
+    def nearest(self, indptr, items, exclude=None, progress=None):
         """(users [rows, neighbours], weights [rows, neighbours]) of distinct item sets: each set's nearest training
         users and their weights (0 where the set shares nothing with them), never the user `exclude` [rows] names
-        (-1: none); a block of rows at a time, so that no more than MAX_BLOCK similarities are held at once."""
+        (-1: none); a block of rows at a time, so that no more than MAX_BLOCK similarities are held at once, with
+        progress(rows done, rows) after each."""
         num_users = len(self.user_norms)
         users, weights = [], []
         for begin in range(0, len(indptr) - 1, max(1, MAX_BLOCK // num_users)):
@@ -263,6 +264,8 @@ class PlaylistKNN(Baseline):
             top = similarity.topk(self.neighbours, dim=1)
             users.append(top.indices)
             weights.append(top.values ** self.power)
+            if progress is not None:
+                progress(int(rows[-1]) + 1, len(indptr) - 1)
         return torch.cat(users), torch.cat(weights)
 
     def history_scores(self, indptr, items, exclude=None):

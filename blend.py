@@ -83,16 +83,16 @@ class Scorers:
         self.song_popularity = standardised(vocabulary.song_popularity[None])
         self.tag_popularity = standardised(vocabulary.tag_popularity[None])
 
-    def prepare(self, playlists):
+    def prepare(self, playlists, progress=None):
         """A Prepared of `playlists`: their known songs, users, neighbours and the model's scorer."""
-        return Prepared(self, playlists)
+        return Prepared(self, playlists, progress)
 
 
 class Prepared:
     """What every chunk of some playlists needs, computed once for all of them: known songs (CSR), own tags, users,
     playlist-kNN neighbours (by songs, or by features without a known song) and the model's scores for them."""
 
-    def __init__(self, scorers, playlists):
+    def __init__(self, scorers, playlists, progress=None):
         self.scorers, self.playlists = scorers, playlists
         self.indptr, self.songs, self.unknown = scorers.base.known_songs(playlists)
         self.users = torch.tensor(scorers.base.user_index.get_indexer([p["id"] for p in playlists]),
@@ -100,7 +100,7 @@ class Prepared:
         self.has_songs = self.indptr.diff() > 0
         self.features = scorers.vocabulary.features([p["tags"] for p in playlists],
                                                     [p["plylst_title"] for p in playlists])
-        self.neighbours = self.nearest() if scorers.by_songs is not None else None
+        self.neighbours = self.nearest(progress) if scorers.by_songs is not None else None
         self.model_scores = None
         if scorers.model_source is not None:
             rows = self.has_songs.nonzero().squeeze(1)
@@ -108,20 +108,24 @@ class Prepared:
             self.model_rows[rows] = torch.arange(len(rows))
             self.model_scores = scorers.model_source(self.users[rows], *csr_rows(self.indptr, self.songs, rows))
 
-    def nearest(self):
-        """(users [rows, k], weights [rows, k]): each playlist's neighbours by its songs, or by its features."""
+    def nearest(self, progress=None):
+        """(users [rows, k], weights [rows, k]): each playlist's neighbours by its songs, or by its features;
+        progress(rows done, rows) as they are found."""
         s = self.scorers
         with_songs = self.has_songs.nonzero().squeeze(1)
         without = (~self.has_songs).nonzero().squeeze(1)
         k = s.by_songs.neighbours
         users = torch.zeros(len(self.playlists), k, dtype=torch.int64)
         weights = torch.zeros(len(self.playlists), k)
+        done = 0
         for rows, knn, (indptr, keys) in ((with_songs, s.by_songs, (self.indptr, self.songs)),
                                           (without, s.by_features, self.features)):
             if len(rows):
-                found = knn.nearest(*baselines.distinct_sets(*csr_rows(indptr, keys, rows), knn.num_items),
-                                    exclude=self.users[rows])
+                step = None if progress is None else \
+                    lambda rows_done, _, before=done: progress(before + rows_done, len(self.playlists))
+                found = knn.nearest(*csr_rows(indptr, keys, rows), exclude=self.users[rows], progress=step)
                 users[rows, :found[0].shape[1]], weights[rows, :found[1].shape[1]] = found
+            done += len(rows)
         return users, weights
 
     def song_scores(self, rows):
@@ -199,9 +203,9 @@ def as_results(scorers, playlists, top_songs, top_tags):
 
 def answer(scorers, playlists, timings=None, progress=None):
     """(results [{"id", "songs", "tags"}], songs of the playlists unknown to the split): every playlist answered by
-    scorers.method, CHUNK_ROWS at a time; `progress(done, total)` is called after each chunk."""
+    scorers.method, CHUNK_ROWS at a time; `progress`: (progress(done, total) of finding neighbours, of answering)."""
     started = time.perf_counter()
-    prepared = scorers.prepare(playlists)
+    prepared = scorers.prepare(playlists, progress and progress[0])
     timings = {} if timings is None else timings
     timings["prepare_seconds"] = time.perf_counter() - started
     top_songs, top_tags = [], []
@@ -211,6 +215,23 @@ def answer(scorers, playlists, timings=None, progress=None):
         top_songs.append(songs)
         top_tags.append(tags)
         if progress is not None:
-            progress(int(rows[-1]) + 1, len(playlists))
+            progress[1](int(rows[-1]) + 1, len(playlists))
     timings["answer_seconds"] = time.perf_counter() - started
     return as_results(scorers, playlists, torch.cat(top_songs), torch.cat(top_tags)), prepared.unknown
+
+
+def progress_line(say, what, every=10.0):
+    """A progress(done, total) that says how far `what` is (at most every `every` seconds)."""
+    last = [time.perf_counter()]
+
+    def progress(done, total):
+        if time.perf_counter() - last[0] >= every and done < total:
+            say(f"  {what}: {done:,} of {total:,} playlists")
+            last[0] = time.perf_counter()
+
+    return progress
+
+
+def progress_lines(say):
+    """answer's progress: lines through `say` as neighbours are found and playlists answered."""
+    return progress_line(say, "neighbours"), progress_line(say, "answered")

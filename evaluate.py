@@ -329,7 +329,7 @@ def continue_by_method(model, data, data_dir, method, args):
     started, timings = time.perf_counter(), {}
     scorers = blend.Scorers(data, continuation.Vocabulary(data, data_dir), method, model, args.fold_in == "all",
                             timings)
-    results, unknown = blend.answer(scorers, questions, timings)
+    results, unknown = blend.answer(scorers, questions, timings, blend.progress_lines(print))
     check_arena_results(results, [q["id"] for q in questions], "results")
     continuation.write_results(args.out, results)
     folded = (f" ({timings['folded_in']:,} folded in, {timings['fold_in_seconds']:.1f}s)"

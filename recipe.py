@@ -152,32 +152,55 @@ class Judge:
         return float(values.mean() if mask is None else values[mask].mean() if mask.any() else 0.0)
 
 
-def train_model(candidate, validation, judge, args, say):
-    """(validation score, epoch, state dict) of the best epoch of `candidate`'s model (args' flags, the candidate's
-    over them) trained on the validation split, scored alone on the validation questions every EVAL_EVERY epochs."""
-    margs = argparse.Namespace(**{**vars(args), **candidate})
-    ctx = Context(0, 1, torch.device("cpu"))
-    torch.manual_seed(args.seed)
-    model = build_model(validation.data.num_users, validation.data.num_items, margs.latent_dim_mf, margs.num_layers,
-                        margs.model, uses_sparse_updates(margs, ctx.device, say))
-    step = make_step(model, margs, uses_sparse_updates(margs, ctx.device, lambda line: None), ctx)
-    position, best = Position.from_checkpoint(None), None
-    method = blend.named_method(START, "model")
-    for epoch in range(1, EPOCHS + 1):
+class Training:
+    """A candidate model (args' flags, the candidate's over them) trained on the validation split EVAL_EVERY epochs
+    a round, scored alone on the validation questions after each; `best`: (score, epoch, state dict) of its best
+    round so far."""
+
+    def __init__(self, candidate, validation, args, say):
+        self.candidate, self.validation, self.say = candidate, validation, say
+        self.args = argparse.Namespace(**{**vars(args), **candidate})
+        self.ctx = Context(0, 1, torch.device("cpu"))
+        torch.manual_seed(args.seed)
+        sparse = uses_sparse_updates(self.args, self.ctx.device, lambda line: None)
+        self.model = build_model(validation.data.num_users, validation.data.num_items, self.args.latent_dim_mf,
+                                 self.args.num_layers, self.args.model, sparse)
+        self.step = make_step(self.model, self.args, sparse, self.ctx)
+        self.position, self.best, self.epoch = Position.from_checkpoint(None), None, 0
+
+    def round(self, judge):
+        """Train EVAL_EVERY more epochs (fewer at EPOCHS), then score; whether the score improved on the best."""
         started = time.perf_counter()
-        train_epoch(step, validation.data, margs, ctx, position)
-        loss = position.end_epoch(epoch_size(validation.data, margs))
-        if epoch % EVAL_EVERY and epoch < EPOCHS:
-            continue
-        _, _, score = judge.score(method, model.eval())
-        model.train()
-        say(f"  {describe(candidate)} epoch {epoch}: loss {loss:.4f}, validation score {score:.4f} "
-            f"({time.perf_counter() - started:.1f}s)")
-        if best is None or score > best[0]:
-            best = (score, epoch, compact(model.state_dict()))
-        elif epoch - best[1] >= 2 * EVAL_EVERY:
-            break
-    return best
+        for _ in range(min(EVAL_EVERY, EPOCHS - self.epoch)):
+            train_epoch(self.step, self.validation.data, self.args, self.ctx, self.position)
+            loss = self.position.end_epoch(epoch_size(self.validation.data, self.args))
+            self.epoch += 1
+        _, _, score = judge.score(blend.named_method(START, "model"), self.model.eval())
+        self.model.train()
+        self.say(f"  {describe(self.candidate)} epoch {self.epoch}: loss {loss:.4f}, validation score {score:.4f} "
+                 f"({time.perf_counter() - started:.1f}s)")
+        improved = self.best is None or score > self.best[0]
+        if improved:
+            self.best = (score, self.epoch, compact(self.model.state_dict()))
+        return improved
+
+    def done(self):
+        """Whether training ends: EPOCHS reached, or two rounds without a better score."""
+        return self.epoch >= EPOCHS or self.epoch - self.best[1] >= 2 * EVAL_EVERY
+
+
+def train_models(validation, judge, args, say):
+    """(best Training, [(candidate, its first round's score)]): every candidate of MODELS trained one round, the
+    best of them on until done."""
+    trainings = [Training(candidate, validation, args, say) for candidate in MODELS]
+    for training in trainings:
+        training.round(judge)
+    first = [(t.candidate, t.best[0]) for t in trainings]
+    best = max(trainings, key=lambda t: t.best[0])
+    del trainings
+    while not best.done():
+        best.round(judge)
+    return best, first
 
 
 def describe(candidate):
@@ -187,14 +210,12 @@ def describe(candidate):
 def choose(validation, args, say):
     """(method, model config, model state dict, choice record): every setting, on the validation questions."""
     judge, record = Judge(validation), {}
-    trained = []
-    for candidate in MODELS:
-        score, epoch, state = train_model(candidate, validation, judge, args, say)
-        trained.append((score, epoch, candidate, state))
-    score, epoch, candidate, state = max(trained, key=lambda t: t[0])
-    record["models"] = [{**c, "epochs": e, "validation_score": s} for s, e, c, _ in trained]
-    say(f"model: {describe(candidate)}, {epoch} epochs (validation score {score:.4f})")
-    config = {**vars(args), **candidate, "epochs": epoch}
+    training, first = train_models(validation, judge, args, say)
+    score, epoch, state = training.best
+    record["models"] = [{**c, "first_round_score": s} for c, s in first]
+    record["model"] = {**training.candidate, "epochs": epoch, "validation_score": score}
+    say(f"model: {describe(training.candidate)}, {epoch} epochs (validation score {score:.4f})")
+    config = {**vars(args), **training.candidate, "epochs": epoch}
     model = build_model(validation.data.num_users, validation.data.num_items, config["latent_dim_mf"],
                         config["num_layers"], config["model"])
     model.load_state_dict(state)
@@ -233,7 +254,7 @@ def continue_split(model, data, data_dir, method, save_dir, say):
     questions = [q for path in paths for q in continuation.read_questions(path)]
     started = time.perf_counter()
     scorers = blend.Scorers(data, continuation.Vocabulary(data, data_dir), method, model)
-    results, unknown = blend.answer(scorers, questions, progress=progress_line(say))
+    results, unknown = blend.answer(scorers, questions, progress=blend.progress_lines(say))
     out = os.path.join(save_dir, "arena_results.json")
     continuation.write_results(out, results)
     record = {"answer_seconds": time.perf_counter() - started}
@@ -244,18 +265,6 @@ def continue_split(model, data, data_dir, method, save_dir, say):
         record.update(song=song, tag=tag, score=score)
         say(f"Arena score on {paths[0]}: " + arena_line(song, tag, score))
     return record
-
-
-def progress_line(say, every=10.0):
-    """A progress(done, total) that says how far it is at most every `every` seconds."""
-    last = [time.perf_counter()]
-
-    def progress(done, total):
-        if time.perf_counter() - last[0] >= every and done < total:
-            say(f"  answered {done:,} of {total:,}")
-            last[0] = time.perf_counter()
-
-    return progress
 
 
 def run(args):

@@ -45,7 +45,7 @@ def test_the_chosen_method_is_recorded_and_answers_by_default(tmp_path, monkeypa
     checkpoint, results = run_recipe(data_dir, tmp_path / "run")
     method = checkpoint["continuation"]
     assert method == results["continuation"] and method["name"] == "blend"
-    assert results["choices"]["models"][0]["epochs"] == checkpoint["epoch"]
+    assert results["choices"]["model"]["epochs"] == checkpoint["epoch"]
     assert set(results["choices"]["methods"]) == {"blend", "model", "itemknn", "playlistknn"}
     questions = load(data_dir / "ar.questions.json")
     submitted = load(tmp_path / "run" / "arena_results.json")
