@@ -1,4 +1,4 @@
-"""Non-neural baselines, scored by evaluate.py's code like the neural models: most popular, item-kNN (cosine with
+"""Non-neural baselines, scored by scoring.py's code like the neural models: most popular, item-kNN (cosine with
 shrink, each item's top-k neighbours) and EASE^R (Steck, WWW 2019: the closed-form linear item-item model).
 
     python3 baselines.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m --model itemknn --tune
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import dataloader
+from scoring import score
 from dataloader import csr_rows, row_ids
 from runs import results_dir, run_provenance
 from utils import InputError, Parser, atomic_open, run_cli
@@ -335,7 +336,6 @@ def validation_split(data, seed=0, negatives=99):
 def tune(name, data, k=10, seed=0):
     """(best parameters, [(parameters, validation HR@k, NDCG@k)]): every cell of GRIDS[name] fitted on the training
     pairs and scored on the validation items (the split's own, else validation_split's), best by NDCG@k."""
-    from evaluate import score  # evaluate.py's scoring floor may use baselines (continuation), not the reverse
     tuning = data if data.val is not None else validation_split(data, seed)
     grid = GRIDS[name]
     table = []
@@ -394,7 +394,6 @@ def main(argv=None):
     tune_seconds = time.perf_counter() - started
     model = fit(args.model, data, **params)
     fit_seconds = time.perf_counter() - started - tune_seconds
-    from evaluate import score
     hr, ndcg = score(model, data, data.test, args.topk, args.eval)
     eval_seconds = time.perf_counter() - started - tune_seconds - fit_seconds
     results = {"model": args.model, "params": {**DEFAULTS[args.model], **params}, "hr": hr, "ndcg": ndcg,

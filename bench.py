@@ -2,7 +2,7 @@
 sampled and full-ranking evaluation time, and peak memory. By default on a Melon-scale synthetic split
 (115,071 playlists, built on first use under data/bench), with the seed's settings.
 
-    python3 bench.py                                         # CPU, batch 1024, 4 negatives, E=8, L=3
+    python3 bench.py                                         # CPU, batch 1024, 4 negatives, the seed's model
     python3 bench.py --batch_size 16384 --lr 0.01 --num_neg 8 --no-sparse --threads 2    # large batch
     python3 bench.py --data_dir ../shared/data/ncf-ml-1m --dataset ml-1m --per_sample_steps 1000   # and a
                                                             # per-sample DataLoader pipeline for comparison
@@ -24,12 +24,17 @@ import time
 
 import torch
 
+import continuation
 import dataloader
 import distributed
 import main
-from evaluate import full_ranks, sampled_ranks
-from model import build_model
+import split
+import synthetic
+from arena import read_questions
+from model import ModelConfig, build_model
 from optim import make_step, uses_sparse_updates
+from runs import load_checkpoint, model_from_checkpoint
+from scoring import full_ranks, sampled_ranks
 from training import Position, epoch_size, train_epoch
 from utils import InputError, Parser, atomic_open, cpu_name, run_cli
 
@@ -61,7 +66,7 @@ def per_sample_pipeline(data, args, steps):
         def __getitem__(self, i):
             return users[i], items[i], labels[i]
 
-    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model).to(data.device)
+    model = build_model(ModelConfig.of(args), data.num_users, data.num_items).to(data.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loader = torch.utils.data.DataLoader(Samples(), batch_size=args.batch_size, shuffle=True)
     started, done = time.perf_counter(), 0
@@ -82,9 +87,6 @@ def continuation_figures(checkpoint_path, questions, threads):
     """Playlist continuation with a trained checkpoint on its split's Arena questions (or `questions`):
     evaluate.py --continue as a child process (wall time, peak resident memory, its own timings line, the score
     with the split's answers), and in this process the time to answer one playlist, known and new, once loaded."""
-    import continuation
-    from evaluate import model_from_checkpoint
-    from runs import load_checkpoint
     checkpoint = load_checkpoint(checkpoint_path)
     config = checkpoint["config"]
     data = dataloader.load(config["data_dir"], config["dataset"])
@@ -109,10 +111,10 @@ def continuation_figures(checkpoint_path, questions, threads):
     print("\n".join(lines[-2:]))
 
     torch.set_num_threads(threads)
-    model = model_from_checkpoint(checkpoint, data)
+    model = model_from_checkpoint(checkpoint, data, checkpoint_path)
     model.eval()
     answering = continuation.for_model(model, data, config["data_dir"])
-    playlists = continuation.read_questions(questions)
+    playlists = read_questions(questions)
     asked = next(p for p in playlists if p["songs"])
     known = {"id": data.meta["user_ids"][0], "songs": [], "tags": [], "plylst_title": ""}
     new = dict(asked, id=-1)
@@ -176,6 +178,20 @@ def parse_flags():
     return own, rest
 
 
+def evaluation_figures(model, data, device, full_users):
+    """Seconds to rank every test user's held-out item among its sampled candidates, and with `full_users` among
+    every item for that many users (per 1,000, and extrapolated to all)."""
+    figures = {}
+    _, figures["sampled_eval_seconds"] = timed(device, lambda: sampled_ranks(model, data.test))
+    if full_users:
+        users = min(full_users, len(data.test.users))
+        subset = dataloader.Candidates(data.test.users[:users], data.test.items[:users])
+        _, seconds = timed(device, lambda: full_ranks(model, data, subset))
+        figures["full_eval_seconds_per_1000_users"] = seconds / users * 1000
+        figures["full_eval_seconds_all_users_extrapolated"] = seconds / users * len(data.test.users)
+    return figures
+
+
 def report_continuation(own, rest):
     """bench.py --continuation: print (and with --json write) continuation_figures."""
     threads = main.parse_args(rest).threads
@@ -202,8 +218,6 @@ def bench():
     figures = {}
 
     if args.dataset == "melon_syn" and not os.path.exists(os.path.join(args.data_dir, "melon_syn.train.rating")):
-        import split
-        import synthetic
         train_json, _ = synthetic.generate(os.path.join(args.data_dir, "melon_syn"), scale="melon")
         _, figures["split_seconds"] = timed(device, lambda: split.split(train_json, args.data_dir, "melon_syn"))
 
@@ -211,8 +225,7 @@ def bench():
         device, lambda: dataloader.load(args.data_dir, args.dataset, device, args.exclude_test_neg))
     torch.manual_seed(args.seed)
     sparse = uses_sparse_updates(args, device)
-    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model,
-                        sparse).to(device)
+    model = build_model(ModelConfig.of(args), data.num_users, data.num_items, sparse).to(device)
     train_step = make_step(model, args, sparse, ctx)
     samples = epoch_size(data, args)
 
@@ -223,13 +236,7 @@ def bench():
     figures["training_samples_per_second"] = samples / (figures["epoch_seconds"] - figures["sampling_seconds"])
     figures["peak_rss_gib_after_training"] = peak_rss_gib()
 
-    _, figures["sampled_eval_seconds"] = timed(device, lambda: sampled_ranks(model, data.test))
-    if own.full_users:
-        users = min(own.full_users, len(data.test.users))
-        subset = dataloader.Candidates(data.test.users[:users], data.test.items[:users])
-        _, seconds = timed(device, lambda: full_ranks(model, data, subset))
-        figures["full_eval_seconds_per_1000_users"] = seconds / users * 1000
-        figures["full_eval_seconds_all_users_extrapolated"] = seconds / users * len(data.test.users)
+    figures.update(evaluation_figures(model, data, device, own.full_users))
     if own.per_sample_steps:
         figures["per_sample_pipeline_samples_per_second"] = per_sample_pipeline(data, args, own.per_sample_steps)
     figures["peak_rss_gib"] = peak_rss_gib()
@@ -246,15 +253,20 @@ def bench():
     config = {k: getattr(args, k) for k in ("model", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "lr",
                                             "beta1", "beta2", "optim", "amp", "threads", "exclude_test_neg")}
     config.update(sparse=sparse, step=type(train_step).__name__)
-    print(f"{machine['device_name']} ({machine['cores']} cores), torch {machine['torch']}, device {device}")
+    report(machine, config, setup, figures, own.json)
+
+
+def report(machine, config, setup, figures, json_path=None):
+    """Print the benchmark's machine, configuration, data and figures (and write them to `json_path`)."""
+    print(f"{machine['device_name']} ({machine['cores']} cores), torch {machine['torch']}, device {machine['device']}")
     print(", ".join(f"{k} {v}" for k, v in config.items()))
     print(", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in setup.items()))
     width = max(map(len, figures))
     for name, value in figures.items():
         print(f"  {name:<{width}}  {value:>14,.2f}")
-    if own.json:
-        with atomic_open(own.json) as f:
+    if json_path:
+        with atomic_open(json_path) as f:
             json.dump({"machine": machine, "config": config, "data": setup, "figures": figures}, f, indent=1)
 
 

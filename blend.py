@@ -13,7 +13,8 @@ import torch
 
 import baselines
 import continuation
-from continuation import ARENA_SONGS, ARENA_TAGS, CHUNK_ROWS, standardised
+from arena import ARENA_SONGS, ARENA_TAGS
+from continuation import CHUNK_ROWS, standardised
 from dataloader import csr_rows, row_ids
 from utils import InputError
 
@@ -56,8 +57,9 @@ class Scorers:
     that keeps them for later Scorers of the same split), and the trained `model` (or None where the method does
     not use it)."""
 
-    def __init__(self, data, vocabulary, method, model=None, fold_in_all=False, timings=None, fitted=None):
-        self.data, self.vocabulary, self.method = data, vocabulary, method
+    def __init__(self, data, vocabulary, method, model=None, fold_in_all=False, timings=None, fitted=None,
+                 say=None):
+        self.data, self.vocabulary, self.method, self.say = data, vocabulary, method, say
         self.base = continuation.Continuation(data, vocabulary, None)
         fitted = {} if fitted is None else fitted  # {(name, settings): fitted baseline}, kept between calls
 
@@ -86,6 +88,36 @@ class Scorers:
     def prepare(self, playlists, progress=None):
         """A Prepared of `playlists`: their known songs, users, neighbours and the model's scorer."""
         return Prepared(self, playlists, progress)
+
+    def known_songs(self, playlists):
+        return self.base.known_songs(playlists)
+
+    def answer(self, playlists, k_songs=ARENA_SONGS, k_tags=ARENA_TAGS, timings=None):
+        """As continuation.Continuation.answer (its contract: results, top song indices and scores, unknown songs),
+        by self.method, CHUNK_ROWS playlists at a time; with `say`, progress lines on the way."""
+        timings = {} if timings is None else timings
+        started = time.perf_counter()
+        prepared = self.prepare(playlists, self.say and progress_line(self.say, "neighbours"))
+        timings["prepare_seconds"] = time.perf_counter() - started
+        answered = self.say and progress_line(self.say, "answered")
+        top_songs, top_scores, top_tags = [], [], []
+        for begin in range(0, len(playlists), CHUNK_ROWS):
+            rows = torch.arange(begin, min(begin + CHUNK_ROWS, len(playlists)))
+            songs, scores, tags = top_lists(prepared, rows, self.method, k_songs=k_songs, k_tags=k_tags)
+            top_songs.append(songs)
+            top_scores.append(scores)
+            top_tags.append(tags)
+            if answered:
+                answered(int(rows[-1]) + 1, len(playlists))
+        top_songs, top_scores, top_tags = torch.cat(top_songs), torch.cat(top_scores), torch.cat(top_tags)
+        timings["answer_seconds"] = time.perf_counter() - started
+        return self.as_results(playlists, top_songs, top_tags), top_songs, top_scores, prepared.unknown
+
+    def as_results(self, playlists, top_songs, top_tags):
+        """results.json entries of `playlists` from top song and tag indices."""
+        song_ids = np.asarray(self.base.song_index)[top_songs.numpy()].tolist()
+        tag_names = np.asarray(self.vocabulary.tags, dtype=object)[top_tags.numpy()].tolist()
+        return [{"id": p["id"], "songs": s, "tags": t} for p, s, t in zip(playlists, song_ids, tag_names)]
 
 
 class Prepared:
@@ -179,9 +211,9 @@ def blended(scores, weights, popularity):
     return total
 
 
-def top_lists(prepared, rows, method, song_scores=None, tag_scores=None):
-    """(top songs [rows, ARENA_SONGS], top tags [rows, ARENA_TAGS]) of the playlists `rows` by `method`, never one
-    a playlist holds; `song_scores`, `tag_scores`: the scorers' scores of these rows when already computed."""
+def top_lists(prepared, rows, method, song_scores=None, tag_scores=None, k_songs=ARENA_SONGS, k_tags=ARENA_TAGS):
+    """(top songs [rows, k_songs], their scores, top tags [rows, k_tags]) of the playlists `rows` by `method`, never
+    one a playlist holds; `song_scores`, `tag_scores`: the scorers' scores of these rows when already computed."""
     s = prepared.scorers
     song_scores = prepared.song_scores(rows) if song_scores is None else song_scores
     tag_scores = prepared.tag_scores(rows) if tag_scores is None else tag_scores
@@ -190,34 +222,8 @@ def top_lists(prepared, rows, method, song_scores=None, tag_scores=None):
     songs = torch.where(has_songs, blended(song_scores, method["songs"], s.song_popularity),
                         blended(song_scores, method["no_songs"], s.song_popularity))
     tags = blended(tag_scores, method["tags"], s.tag_popularity)
-    return (songs.masked_fill_(song_mask, float("-inf")).topk(ARENA_SONGS, dim=1).indices,
-            tags.masked_fill_(tag_mask, float("-inf")).topk(ARENA_TAGS, dim=1).indices)
-
-
-def as_results(scorers, playlists, top_songs, top_tags):
-    """results.json entries of `playlists` from top song and tag indices."""
-    song_ids = np.asarray(scorers.base.song_index)[top_songs.numpy()].tolist()
-    tag_names = np.asarray(scorers.vocabulary.tags, dtype=object)[top_tags.numpy()].tolist()
-    return [{"id": p["id"], "songs": s, "tags": t} for p, s, t in zip(playlists, song_ids, tag_names)]
-
-
-def answer(scorers, playlists, timings=None, progress=None):
-    """(results [{"id", "songs", "tags"}], songs of the playlists unknown to the split): every playlist answered by
-    scorers.method, CHUNK_ROWS at a time; `progress`: (progress(done, total) of finding neighbours, of answering)."""
-    started = time.perf_counter()
-    prepared = scorers.prepare(playlists, progress and progress[0])
-    timings = {} if timings is None else timings
-    timings["prepare_seconds"] = time.perf_counter() - started
-    top_songs, top_tags = [], []
-    for begin in range(0, len(playlists), CHUNK_ROWS):
-        rows = torch.arange(begin, min(begin + CHUNK_ROWS, len(playlists)))
-        songs, tags = top_lists(prepared, rows, scorers.method)
-        top_songs.append(songs)
-        top_tags.append(tags)
-        if progress is not None:
-            progress[1](int(rows[-1]) + 1, len(playlists))
-    timings["answer_seconds"] = time.perf_counter() - started
-    return as_results(scorers, playlists, torch.cat(top_songs), torch.cat(top_tags)), prepared.unknown
+    top = songs.masked_fill_(song_mask, float("-inf")).topk(k_songs, dim=1)
+    return top.indices, top.values, tags.masked_fill_(tag_mask, float("-inf")).topk(k_tags, dim=1).indices
 
 
 def progress_line(say, what, every=10.0):
@@ -231,7 +237,3 @@ def progress_line(say, what, every=10.0):
 
     return progress
 
-
-def progress_lines(say):
-    """answer's progress: lines through `say` as neighbours are found and playlists answered."""
-    return progress_line(say, "neighbours"), progress_line(say, "answered")

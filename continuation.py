@@ -1,6 +1,7 @@
 """Playlist continuation, the Kakao Arena task: for each question playlist (some of its songs, tags and title), 100
-songs and 10 tags not already in it; results.json, its validity and its Arena score. Used by evaluate.py
-(--continue, --playlist) and main.py (the Arena score of the best checkpoint).
+songs and 10 tags not already in it, from a trained model or a non-neural baseline; answer_file runs the task on
+files (questions -> results, scored against answers). Used by evaluate.py (--continue, --playlist), main.py (the
+Arena score of the best checkpoint) and bench.py.
 
 Songs. A playlist the model was trained on uses its own embeddings; one it has never seen but with songs it knows
 is folded in (user vectors fitted to those songs with the item side frozen, all such playlists at once); one with no
@@ -11,7 +12,6 @@ measured in RESULTS.md), the most popular tags last.
 """
 import copy
 import itertools
-import json
 import os
 import re
 import time
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataloader import csr_rows, row_ids
-from metrics import ARENA_SONGS, ARENA_TAGS, check_arena_results
-from split import check_unique_ids, read_playlists
-from utils import MISSING, InputError, atomic_open, read_json
+import baselines
+from arena import ARENA_SONGS, ARENA_TAGS, arena_score, check_arena_results, read_questions, write_results
+from utils import InputError, read_json
 
 TAG_METHODS = ("popular", "title", "songs", "songs+title", "songs+title+recommended")
 TAG_METHOD = "title"
@@ -35,15 +35,6 @@ TOP_TAGS = 50  # the fewest entries a row keeps
 FEATURE_WEIGHT = 0.0  # songs of a playlist with known songs: z(song scores) + FEATURE_WEIGHT x z(P(song | features))
 FOLD_IN = {"steps": 20, "lr": 0.05, "num_neg": 4, "seed": 0}  # chosen on a second Arena split of the sample (seed 1)
 CHUNK_ROWS = 1024  # playlists answered together: [CHUNK_ROWS, songs] float scores
-
-
-def read_questions(path):
-    """[{"id", "songs", "tags", "plylst_title"}] of an Arena-format JSON list (a question file, or playlists for
-    --playlist); one-line InputError for a file that is not one, or that holds an id twice."""
-    playlists = read_playlists(path)
-    check_unique_ids([(path, playlists)])
-    return [{"id": p[0], "songs": p[1], "tags": [] if p[2] is MISSING else p[2],
-             "plylst_title": "" if p[3] is MISSING else p[3]} for p in playlists]
 
 
 def title_words(title):
@@ -361,7 +352,22 @@ def for_model(model, data, data_dir, fold_in_all=False, tag_method=TAG_METHOD, f
                         tag_method, feature_weight=feature_weight)
 
 
-def continue_questions(continuation, questions, timings=None):
+def for_baseline(name, data, data_dir, tag_method=TAG_METHOD, feature_weight=FEATURE_WEIGHT):
+    """The Continuation of the non-neural baseline `name` (baselines.py) fitted on `data`: its scores of each
+    playlist's known songs; most popular (the Arena's own baseline) gives popular songs and tags to every playlist,
+    whatever it holds."""
+    fitted = baselines.fit(name, data)
+
+    def song_source(users, indptr, songs):
+        return lambda rows: fitted.history_scores(
+            *(t.to(data.device) for t in csr_rows(indptr, songs, rows))).float().cpu()
+
+    popular = name == "pop"
+    return Continuation(data, Vocabulary(data, data_dir), song_source, "popular" if popular else tag_method,
+                        fallback=not popular, feature_weight=0 if popular else feature_weight)
+
+
+def answer_questions(continuation, questions, timings=None):
     """(results, number of the questions' songs unknown to the model): every question answered, in order, checked
     against the Arena's rules."""
     for what, have, need in (("songs", continuation.data.num_items, ARENA_SONGS),
@@ -375,6 +381,21 @@ def continue_questions(continuation, questions, timings=None):
     return results, unknown
 
 
-def write_results(path, results):
-    with atomic_open(path, encoding="utf-8") as f:
-        json.dump(results, f, ensure_ascii=False)
+def answer_file(continuation, questions_path, out=None, answers_path=None, timings=None):
+    """The Arena task on files: the questions of `questions_path` answered (answer_questions), scored against the
+    answers of `answers_path` when given (checked first to be those questions'), then written to `out` when given.
+    Returns {"results", "unknown" (songs unknown to the model), "seconds", "score": (song nDCG, tag nDCG, score) or
+    None}."""
+    questions = read_questions(questions_path)
+    answers = read_questions(answers_path) if answers_path else None
+    if answers is not None and {a["id"] for a in answers} != {q["id"] for q in questions}:
+        raise InputError(f"{answers_path}: its playlist ids are not those of {questions_path}")
+    started = time.perf_counter()
+    results, unknown = answer_questions(continuation, questions, timings)
+    seconds = time.perf_counter() - started
+    score = arena_score(results, answers, answers_path) if answers is not None else None
+    if out is not None:
+        write_results(out, results)
+    return {"results": results, "unknown": unknown, "seconds": seconds, "score": score}
+
+

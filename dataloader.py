@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import split
+import synthetic
 from utils import InputError
 
 PAIR = re.compile(r"\((\d+),(\d+)\)")
@@ -261,8 +263,6 @@ def default_dataset(data_dir):
     if os.path.exists(os.path.join(data_dir, "melon.train.rating")):
         return "melon"
     if not os.path.exists(os.path.join(data_dir, "sample.train.rating")):
-        import split
-        import synthetic
         train_json, _ = synthetic.generate(os.path.join(data_dir, "sample"))
         split.split(train_json, data_dir, "sample")
     print(f"no Melon split at {os.path.join(data_dir, 'melon.train.rating')}: "

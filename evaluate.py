@@ -1,204 +1,27 @@
-"""Score a checkpoint on held-out items, recommend songs for a playlist, or list the songs nearest to a song.
+"""The command line of a trained model: score a checkpoint on held-out items, recommend songs for a playlist, list
+the songs nearest to a song, or answer Kakao Arena questions (a checkpoint's model or a non-neural baseline).
 
     python3 evaluate.py --checkpoint runs/NAME/best.pt [--eval full] [--split val]
     python3 evaluate.py --checkpoint runs/NAME/best.pt --recommend PLAYLIST_ID [--k 10]
     python3 evaluate.py --checkpoint runs/NAME/best.pt --similar SONG_ID [--k 10]
-    python3 evaluate.py --checkpoint runs/NAME/best.pt --continue QUESTIONS.json --out results.json \
+    python3 evaluate.py --checkpoint runs/NAME/best.pt --continue QUESTIONS.json --out submission.json \
         [--answers ANSWERS.json]                  # the Kakao Arena task: 100 songs, 10 tags a question
     python3 evaluate.py --checkpoint runs/NAME/best.pt --playlist PLAYLISTS.json [--k 10]   # known or new
 
-The functions take a model in memory: score, evaluate / evaluate_full (HR@K, NDCG@K in batches), recommend (the top-K
-items a user has no interaction with), similar_items (nearest items in the learned embeddings), item_names
-(original ids and names of items) and playlist_title.
+What it prints it gets from scoring.py (ranks, HR/NDCG, recommendations), catalog.py (names) and continuation.py
+(the Arena task); this file holds the command line and its terminal tables.
 """
-import os
 import sys
-import time
 import unicodedata
-from contextlib import contextmanager
-
-import torch
-import torch.nn.functional as F
 
 import blend
 import continuation
 import dataloader
-from metrics import arena_line, arena_score, check_arena_results, full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
-from model import build_model
-from runs import load_checkpoint, split_changes
-from utils import MISSING, InputError, Parser, read_json, resolve_device, run_cli
-
-SONG_FIELDS = ("id", "song_name", "artist_name_basket", "song_gn_gnr_basket", "issue_date")
-
-
-@contextmanager
-def evaluating(model):
-    """The model in eval mode inside the block; its previous mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def sampled_ranks(model, candidates, batch_pairs=1 << 13):
-    """0-based rank of each row's held-out item among its candidates, scored `batch_pairs` pairs at a time."""
-    rows_per_batch = max(1, batch_pairs // candidates.items.shape[1])
-    ranks = []
-    with evaluating(model):
-        score = model.candidate_scorer()
-        for users, items in dataloader.batches([candidates.users, candidates.items], rows_per_batch):
-            scores = score(users, items).float()
-            # The NCF paper's ML-1M file lists some held-out items among their own negatives: not a negative.
-            scores[:, 1:].masked_fill_(items[:, 1:] == items[:, :1], float("-inf"))
-            ranks.append(held_out_rank(scores))
-    return torch.cat(ranks)
-
-
-@torch.no_grad()
-def full_ranks(model, data, candidates, batch_pairs=1 << 20):
-    """0-based rank of each row's held-out item among all items the user has not interacted with in training."""
-    rows_per_batch = max(1, batch_pairs // data.num_items)
-    ranks = []
-    with evaluating(model):
-        score = model.candidate_scorer()
-        for users, held_out in dataloader.batches([candidates.users, candidates.items[:, 0]], rows_per_batch):
-            scores = score(users).float()
-            seen_indptr, seen_items = dataloader.csr_rows(data.seen_indptr, data.seen_items, users)
-            ranks.append(full_rank(scores, held_out, dataloader.row_ids(seen_indptr), seen_items))
-    return torch.cat(ranks)
-
-
-def score(model, data, candidates, k=10, protocol="sampled", ctx=None):
-    """(HR@k, NDCG@k) over `candidates` (column 0 the held-out item), scored in batches, with the held-out item
-    ranked among the row's candidates (protocol "sampled") or among all items unseen in training in `data`
-    ("full"). With `ctx` (a distributed.Context) every rank ranks every world_size-th row, and all get the
-    figures of all rows."""
-    if ctx is not None and ctx.world_size > 1:
-        candidates = dataloader.Candidates(candidates.users[ctx.rank::ctx.world_size],
-                                           candidates.items[ctx.rank::ctx.world_size])
-    ranks = sampled_ranks(model, candidates) if protocol == "sampled" else full_ranks(model, data, candidates)
-    if ctx is not None:
-        ranks = ctx.gather_rows(ranks)
-    return hit_ratio_from_ranks(ranks, k), ndcg_from_ranks(ranks, k)
-
-
-def evaluate(model, candidates, k=10):
-    """(HR@k, NDCG@k) of the held-out items among their sampled candidates."""
-    return score(model, None, candidates, k)
-
-
-def evaluate_full(model, data, candidates, k=10):
-    """(HR@k, NDCG@k) with the held-out item ranked among all items unseen in training."""
-    return score(model, data, candidates, k, "full")
-
-
-def user_items(data, user):
-    """Every item of user index `user`: its training items in file order, then its validation and test items."""
-    seen = data.seen_items[data.seen_indptr[user]:data.seen_indptr[user + 1]]
-    return torch.cat([seen, data.test.items[data.test.users == user, 0]])
-
-
-@torch.no_grad()
-def recommend(model, data, user, k=10):
-    """(items, scores): the k best-scored items for user index `user` among those it has no interaction with
-    (training, validation or test), best first; fewer when fewer are left. Scores are the model's logits."""
-    with evaluating(model):
-        scores = model.candidate_scorer()(torch.tensor([user], device=data.device))[0].float()
-    own = torch.zeros(data.num_items, dtype=torch.bool, device=data.device)
-    own[user_items(data, user)] = True
-    top = scores.masked_fill(own, float("-inf")).topk(min(k, int((~own).sum())))
-    return top.indices, top.values
-
-
-@torch.no_grad()
-def similar_items(model, item, k=10):
-    """(items, similarities): the k items nearest to item index `item` by cosine similarity of the learned item
-    embeddings (GMF and MLP ones each L2-normalised, then concatenated), the item itself excluded."""
-    parts = [F.normalize(getattr(model, name).weight, dim=1)
-             for name in ("item_gmf", "item_mlp") if hasattr(model, name)]
-    vectors = F.normalize(torch.cat(parts, dim=1), dim=1)
-    similarity = vectors @ vectors[item]
-    similarity[item] = float("-inf")
-    top = similarity.topk(min(k, len(vectors) - 1))
-    return top.indices, top.values
-
-
-def read_records(path, ids, keys):
-    """{id: {key: value (None where absent)}} for the records of the JSON list `path` whose "id" is in `ids`
-    (`keys` includes "id"); the other records are dropped as they are parsed, so a large file costs little memory."""
-    records = read_json(path, keys, where=lambda record: record.get("id") in ids)
-    found = [dict(zip(keys, record)) for record in records if isinstance(record, tuple)] \
-        if isinstance(records, list) else []
-    return {fields["id"]: {key: None if value is MISSING else value for key, value in fields.items()}
-            for fields in found}
-
-
-def read_artists(path, ids):
-    """{id: name} from a Last.fm artists.dat (`id<TAB>name<TAB>url<TAB>pictureURL`, a header line) for string `ids`."""
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        next(f, None)
-        rows = (line.rstrip("\n").split("\t") for line in f)
-        return {row[0]: row[1] for row in rows if row[0] in ids and len(row) > 1}
-
-
-def genre_names(song_meta_path):
-    """{code: name} from genre_gn_all.json beside song_meta.json (the real download has it: "GN0100": "발라드"),
-    or {} when there is none; a one-line error if it is there but not such a JSON object."""
-    path = os.path.join(os.path.dirname(song_meta_path), "genre_gn_all.json")
-    if not os.path.exists(path):
-        return {}
-    names = read_json(path, None)
-    if not isinstance(names, dict) or not all(isinstance(name, str) for name in names.values()):
-        raise InputError(f"{path}: expected a JSON object mapping genre codes to names")
-    return names
-
-
-def named(codes, names):
-    """A basket of codes (a list, or one code) with each code replaced by its name where `names` has one."""
-    codes = [] if codes is None else codes if isinstance(codes, list) else [codes]
-    return [names.get(code, code) if isinstance(code, str) else code for code in codes]
-
-
-def joined(value):
-    """A JSON value as display text: list elements joined by commas."""
-    return ", ".join(map(str, value)) if isinstance(value, list) else "" if value is None else str(value)
-
-
-def item_names(meta, items):
-    """{item index: {"id": original id, then names}} for the item indices `items`. Names: "song", "artists", "genre"
-    and "released" from song_meta.json (Melon splits), or "artist" from artists.dat beside the source file (Last.fm);
-    none without such a file. Genres are named from genre_gn_all.json beside song_meta.json when it is there (the
-    code where it has no name). Without meta.json (the NCF paper's files) the id is the index."""
-    ids = meta.get("item_ids")
-    catalog = {i: {"id": ids[i] if ids else i} for i in items}
-    wanted = {entry["id"] for entry in catalog.values()}
-    artists_path = os.path.join(os.path.dirname(meta.get("source", "")), "artists.dat")
-    if meta.get("song_meta") and os.path.exists(meta["song_meta"]):
-        songs = read_records(meta["song_meta"], wanted, SONG_FIELDS)
-        genres = genre_names(meta["song_meta"])
-        for entry in catalog.values():
-            song = songs.get(entry["id"], {})
-            date = joined(song.get("issue_date"))
-            entry.update(song=joined(song.get("song_name")), artists=joined(song.get("artist_name_basket")),
-                         genre=joined(named(song.get("song_gn_gnr_basket"), genres)),
-                         released=f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 and date.isdigit() else date)
-    elif meta.get("format") == "delimited" and os.path.exists(artists_path):
-        names = read_artists(artists_path, {str(x) for x in wanted})
-        for entry in catalog.values():
-            entry["artist"] = names.get(str(entry["id"]), "")
-    return catalog
-
-
-def playlist_title(meta, user):
-    """The title (`plylst_title` in the source train.json) of the Melon playlist with index `user`, or None."""
-    source = meta.get("source", "")
-    if meta.get("format") != "melon" or not os.path.exists(source):
-        return None
-    playlist_id = meta["user_ids"][user]
-    return read_records(source, {playlist_id}, ("id", "plylst_title")).get(playlist_id, {}).get("plylst_title")
+from arena import ARENA_TAGS, arena_line, read_questions
+from catalog import item_names, playlist_title
+from runs import load_checkpoint, model_from_checkpoint, split_changes
+from scoring import recommend, score, similar_items, user_items
+from utils import InputError, Parser, resolve_device, run_cli
 
 
 def index_of(original, ids, flag, what):
@@ -262,53 +85,11 @@ def print_similar(model, data, song_id, k):
     print(item_table(catalog, top.tolist(), similarity.tolist(), "cosine"))
 
 
-def continuation_for(model, data, data_dir, args, timings=None):
-    """The Continuation of --continue / --playlist: the model's songs (or a --baseline's), --tag_method's tags;
-    the split's tags and titles from DATA_DIR/NAME.tags.json."""
-    if args.baseline is not None:
-        import baselines
-        fitted = baselines.fit(args.baseline, data)
-
-        def song_source(users, indptr, songs):
-            return lambda rows: fitted.history_scores(
-                *(t.to(data.device) for t in dataloader.csr_rows(indptr, songs, rows))).float().cpu()
-
-        # most popular is the Arena's own baseline: popular songs and tags for every playlist, whatever it holds
-        popular = args.baseline == "pop"
-        return continuation.Continuation(data, continuation.Vocabulary(data, data_dir), song_source,
-                                         "popular" if popular else args.tag_method, fallback=not popular,
-                                         feature_weight=0 if popular else args.feature_weight)
-    return continuation.for_model(model, data, data_dir, args.fold_in == "all", args.tag_method, args.feature_weight,
-                                  timings)
-
-
-def continue_questions(model, data, data_dir, args):
-    """--continue: results.json for every question (and its Arena score with --answers, printed last)."""
-    questions = continuation.read_questions(args.continue_)
-    answers = continuation.read_questions(args.answers) if args.answers else None
-    if answers is not None and {a["id"] for a in answers} != {q["id"] for q in questions}:
-        raise InputError(f"--answers {args.answers}: its playlist ids are not those of {args.continue_}")
-    started, timings = time.perf_counter(), {}
-    answering = continuation_for(model, data, data_dir, args, timings)
-    results, unknown = continuation.continue_questions(answering, questions, timings)
-    seconds = time.perf_counter() - started
-    if unknown:
-        print(f"note: {unknown:,} songs of the questions are unknown to the model (not in split {data.name!r}): "
-              f"skipped")
-    continuation.write_results(args.out, results)
-    folded = (f"{timings['folded_in']:,} folded in ({timings['fold_in_seconds']:.1f}s), "
-              if timings.get("folded_in") else "")
-    print(f"wrote {args.out}: {len(results):,} playlists, 100 songs and 10 tags each, in {seconds:.1f}s "
-          f"({folded}songs {timings.get('songs_seconds', 0):.1f}s, tags {timings.get('tags_seconds', 0):.1f}s)")
-    if answers is not None:
-        print(arena_line(*arena_score(results, answers, args.out)))
-
-
 def chosen_method(checkpoint, args):
-    """The method --continue answers with (blend.py), or None for the seed's Continuation: --method's, else the one
+    """The blend.py method of --continue / --playlist, or None for the seed's Continuation: --method's, else the one
     the checkpoint's run validated (main.py --recipe arena); one line says which."""
     recorded = (checkpoint or {}).get("continuation")
-    if args.method is None and recorded is None:
+    if args.method is None and (recorded is None or args.baseline is not None):
         return None
     method = blend.named_method(recorded or blend.UNVALIDATED, args.method or recorded["name"])
     how = ("validated by main.py --recipe arena" if args.method is None
@@ -320,32 +101,43 @@ def chosen_method(checkpoint, args):
     return method
 
 
-def continue_by_method(model, data, data_dir, method, args):
-    """--continue with a blend.py method: results.json (and its Arena score with --answers, printed last)."""
-    questions = continuation.read_questions(args.continue_)
-    answers = continuation.read_questions(args.answers) if args.answers else None
-    if answers is not None and {a["id"] for a in answers} != {q["id"] for q in questions}:
-        raise InputError(f"--answers {args.answers}: its playlist ids are not those of {args.continue_}")
-    started, timings = time.perf_counter(), {}
-    scorers = blend.Scorers(data, continuation.Vocabulary(data, data_dir), method, model, args.fold_in == "all",
-                            timings)
-    results, unknown = blend.answer(scorers, questions, timings, blend.progress_lines(print))
-    check_arena_results(results, [q["id"] for q in questions], "results")
-    continuation.write_results(args.out, results)
-    folded = (f" ({timings['folded_in']:,} folded in, {timings['fold_in_seconds']:.1f}s)"
+def answering_for(model, data, data_dir, args, timings=None):
+    """What answers --continue / --playlist: the blend.py method of chosen_method (args.method_settings), else the
+    model's songs (or a --baseline's) with --tag_method's tags."""
+    if args.method_settings is not None:
+        return blend.Scorers(data, continuation.Vocabulary(data, data_dir), args.method_settings, model,
+                             args.fold_in == "all", timings, say=print)
+    if args.baseline is not None:
+        return continuation.for_baseline(args.baseline, data, data_dir, args.tag_method, args.feature_weight)
+    return continuation.for_model(model, data, data_dir, args.fold_in == "all", args.tag_method, args.feature_weight,
+                                  timings)
+
+
+def continue_questions(model, data, data_dir, args):
+    """--continue: the results file for every question (and its Arena score with --answers, printed last)."""
+    timings = {}
+    answering = answering_for(model, data, data_dir, args, timings)
+    done = continuation.answer_file(answering, args.continue_, args.out, args.answers, timings)
+    if done["unknown"]:
+        print(f"note: {done['unknown']:,} songs of the questions are unknown to the model (not in split "
+              f"{data.name!r}): skipped")
+    folded = (f"{timings['folded_in']:,} folded in ({timings['fold_in_seconds']:.1f}s), "
               if timings.get("folded_in") else "")
-    print(f"wrote {args.out}: {len(results):,} playlists, 100 songs and 10 tags each, in "
-          f"{time.perf_counter() - started:.1f}s{folded}"
-          + (f"; {unknown:,} of their songs unknown to the split: skipped" if unknown else ""))
-    if answers is not None:
-        print(arena_line(*arena_score(results, answers, args.out)))
+    parts = (f"songs {timings.get('songs_seconds', 0):.1f}s, tags {timings.get('tags_seconds', 0):.1f}s"
+             if args.method_settings is None else
+             f"neighbours and model {timings['prepare_seconds']:.1f}s, blend "
+             f"{timings['answer_seconds'] - timings['prepare_seconds']:.1f}s")
+    print(f"wrote {args.out}: {len(done['results']):,} playlists, 100 songs and 10 tags each, in "
+          f"{done['seconds']:.1f}s ({folded}{parts})")
+    if done["score"] is not None:
+        print(arena_line(*done["score"]))
 
 
 def print_playlists(model, data, data_dir, args, k):
     """--playlist: each playlist's top-k songs with names and its 10 tags."""
-    playlists = continuation.read_questions(args.playlist)
-    answering = continuation_for(model, data, data_dir, args)
-    results, top, scores, unknown = answering.answer(playlists, k_songs=k, k_tags=continuation.ARENA_TAGS)
+    playlists = read_questions(args.playlist)
+    answering = answering_for(model, data, data_dir, args)
+    results, top, scores, unknown = answering.answer(playlists, k_songs=k, k_tags=ARENA_TAGS)
     catalog = item_names(data.meta, top.reshape(-1).tolist())
     users = set(data.meta.get("user_ids", ()))
     indptr, _, _ = answering.known_songs(playlists)
@@ -363,17 +155,7 @@ def print_playlists(model, data, data_dir, args, k):
         print(f"note: {unknown:,} songs of the playlists are unknown to the model: skipped")
 
 
-def model_from_checkpoint(checkpoint, data):
-    config = checkpoint["config"]
-    model = build_model(data.num_users, data.num_items, config["latent_dim_mf"], config["num_layers"], config["model"])
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as e:
-        raise InputError(f"checkpoint does not fit data set {data.name!r} ({str(e).splitlines()[0][:120]})")
-    return model.to(data.device)
-
-
-def main():
+def build_parser():
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="best.pt or last.pt written by main.py")
     parser.add_argument("--eval", choices=["sampled", "full"], default="sampled",
@@ -392,7 +174,7 @@ def main():
                            "(Arena format), written to --out")
     task.add_argument("--playlist", metavar="PLAYLISTS_JSON",
                       help="list the K best songs and 10 tags for each playlist of this Arena-format file")
-    parser.add_argument("--out", help="--continue: the results.json to write")
+    parser.add_argument("--out", help="--continue: the Arena results file (submission) to write")
     parser.add_argument("--answers", help="--continue: the answers (Arena format) to score the results against")
     parser.add_argument("--fold_in", choices=["unseen", "all"], default="unseen",
                         help="--continue/--playlist: fold in the playlists the model was not trained on, or all")
@@ -405,53 +187,66 @@ def main():
                         help="--continue/--playlist: songs from this non-neural baseline (baselines.py) fitted on "
                              "the checkpoint's split instead of the model, or without --checkpoint on --dataset's")
     parser.add_argument("--method", choices=blend.METHODS, default=None,
-                        help="--continue: answer by this method (blend.py) instead of the one the checkpoint's run "
-                             "validated (main.py --recipe arena): its model alone, a neighbour method alone, the "
-                             "blend, most popular")
+                        help="--continue/--playlist: answer by this method (blend.py) instead of the one the "
+                             "checkpoint's run validated (main.py --recipe arena): the model alone, a neighbour "
+                             "method alone, the blend, most popular")
     parser.add_argument("--data_dir", default="data", help="--baseline without --checkpoint: the split's directory")
     parser.add_argument("--dataset", help="--baseline without --checkpoint: the split's name")
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.continue_ is not None and not args.out:
-        parser.error("--continue needs --out results.json")
+        parser.error("--continue needs --out FILE (the Arena results to write)")
     for flag in ("out", "answers"):
         if getattr(args, flag) and args.continue_ is None:
             parser.error(f"--{flag} goes with --continue")
     if args.checkpoint is None and not (args.baseline and args.dataset and (args.continue_ or args.playlist)):
         parser.error("--checkpoint is required (or --baseline NAME --dataset NAME with --continue or --playlist)")
-    device = resolve_device(args.gpu)
-    if args.checkpoint is None:
-        data = dataloader.load(args.data_dir, args.dataset, device)
-        if args.continue_ is not None:
-            return continue_questions(None, data, args.data_dir, args)
-        return print_playlists(None, data, args.data_dir, args, 10 if args.k is None else args.k)
-    checkpoint = load_checkpoint(args.checkpoint, device)
-    config = checkpoint["config"]
-    k = config["topk"] if args.k is None else args.k
-    if k < 1:
+    if args.k is not None and args.k < 1:
         parser.error("--k must be at least 1")
-    data = dataloader.load(config["data_dir"], config["dataset"], device)
-    changed = split_changes(checkpoint, config["data_dir"], config["dataset"])
-    if changed:
-        print(f"warning: {changed[0]} has changed since {args.checkpoint} was trained on it: the scores are for "
-              f"other data", file=sys.stderr)
-    model = model_from_checkpoint(checkpoint, data)
+    if args.method is not None and (args.baseline is not None or not (args.continue_ or args.playlist)):
+        parser.error("--method goes with --continue or --playlist, not with --baseline")
+    return args
+
+
+def run_task(model, data, data_dir, args, k):
+    """The task the flags ask for, with `model` (None for a --baseline alone) on `data`."""
     if args.recommend is not None:
         return print_recommendations(model, data, args.recommend, k)
     if args.similar is not None:
         return print_similar(model, data, args.similar, k)
     if args.continue_ is not None:
-        method = chosen_method(checkpoint, args)
-        if method is not None:
-            return continue_by_method(model, data, config["data_dir"], method, args)
-        return continue_questions(model, data, config["data_dir"], args)
+        return continue_questions(model, data, data_dir, args)
     if args.playlist is not None:
-        return print_playlists(model, data, config["data_dir"], args, k)
+        return print_playlists(model, data, data_dir, args, k)
     candidates = data.test if args.split == "test" else data.val
     if candidates is None:
         raise InputError(f"--split val: data set {data.name!r} has no validation split (split.py --val)")
     hr, ndcg = score(model, data, candidates, k, args.eval)
-    print(f"{args.checkpoint} (epoch {checkpoint['epoch']}, {args.eval} {args.split}): "
-          f"HR@{k} {hr:.4f} NDCG@{k} {ndcg:.4f}")
+    print(f"{args.checkpoint} (epoch {args.epoch}, {args.eval} {args.split}): HR@{k} {hr:.4f} NDCG@{k} {ndcg:.4f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.gpu)
+    if args.checkpoint is None:
+        data = dataloader.load(args.data_dir, args.dataset, device)
+        args.method_settings = chosen_method(None, args)
+        return run_task(None, data, args.data_dir, args, 10 if args.k is None else args.k)
+    checkpoint = load_checkpoint(args.checkpoint, device)
+    args.method_settings = chosen_method(checkpoint, args) if args.continue_ or args.playlist else None
+    config = checkpoint["config"]
+    data = dataloader.load(config["data_dir"], config["dataset"], device)
+    changed = split_changes(checkpoint, config["data_dir"], config["dataset"])
+    if changed:
+        print(f"warning: {changed[0]} has changed since {args.checkpoint} was trained on it: the scores are for "
+              f"other data", file=sys.stderr)
+    model = model_from_checkpoint(checkpoint, data, args.checkpoint)
+    args.epoch = checkpoint["epoch"]
+    return run_task(model, data, config["data_dir"], args, config["topk"] if args.k is None else args.k)
 
 
 if __name__ == "__main__":

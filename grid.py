@@ -95,7 +95,7 @@ def write_tables(out_dir, rows, header, k):
     """results.md (the three views, each one table sorted by its axis, then the others) and results.csv."""
     lines = header
     for title, axis in VIEWS:
-        lines += ["", f"## By {title}", "", f"| HR@{k} | NDCG@{k} | Num of Neg | Num Factor | Num Layer |",
+        lines += ["", f"## By {title}", "", f"| HR@{k} | NDCG@{k} | num_neg | latent_dim_mf | num_layers |",
                   "|---|---|---|---|---|"]
         for row in sorted(rows, key=lambda r: (r[axis], *(r[a] for a in GRID))):
             lines.append(f"| {row['hr']:.4f} | {row['ndcg']:.4f} | {row['num_neg']} | {row['latent_dim_mf']} "

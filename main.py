@@ -25,12 +25,13 @@ import continuation
 import dataloader
 import distributed
 import recipe
-from evaluate import item_names, recommend, score
-from metrics import arena_line, arena_score
-from model import MODELS, build_model, load_pretrained, model_size
+from arena import arena_line
+from catalog import item_names
+from model import MODELS, ModelConfig, build_model, load_pretrained, model_size
 from optim import OPTIMIZERS, make_step, uses_sparse_updates
 from runs import (RESUMABLE_FLAGS, SaveDir, check_split_unchanged, compact, load_checkpoint,
                   load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint)
+from scoring import recommend, score
 from training import Diverged, Position, Stopped, epoch_size, train_epoch
 from utils import InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
 from wandb_log import WANDB_PROJECT, log_epoch, start_wandb
@@ -49,8 +50,10 @@ def build_parser():
     p.add_argument("--model", choices=MODELS, default="neumf")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=1024)
-    p.add_argument("--latent_dim_mf", type=int, default=8, help="predictive factor E (GMF size, last MLP layer)")
-    p.add_argument("--num_layers", type=int, default=3, help="MLP layers L (embeddings E*2^(L-1) per side)")
+    p.add_argument("--latent_dim_mf", type=int, default=8,
+                   help="predictive factors: GMF embedding size and last MLP layer width")
+    p.add_argument("--num_layers", type=int, default=3,
+                   help="MLP layers (MLP embeddings of latent_dim_mf * 2^(num_layers - 1) per side)")
     p.add_argument("--num_neg", type=int, default=4, help="training negatives per positive, redrawn every epoch")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--l2", type=float, default=0.0, help="weight decay")
@@ -152,9 +155,9 @@ def recommendation_rows(model, data, catalog, k):
     rows = []
     for user in data.test.users[:SHOWN_PLAYLISTS].tolist():
         items, scores = recommend(model, data, user, k)
-        for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist()), 1):
+        for rank, (item, item_score) in enumerate(zip(items.tolist(), scores.tolist()), 1):
             names = [value for key, value in catalog[item].items() if key != "id"]
-            rows.append([user_ids[user] if user_ids else user, rank, catalog[item]["id"], round(score, 4), *names])
+            rows.append([user_ids[user] if user_ids else user, rank, catalog[item]["id"], round(item_score, 4), *names])
     return rows
 
 
@@ -181,7 +184,7 @@ def check_memory(args, data, device):
                                                         if args.model in ("mlp", "neumf") else "")
     lower = "lower --latent_dim_mf" + (" or --num_layers" if args.model in ("mlp", "neumf") else "")
     try:
-        params, width = model_size(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model)
+        params, width = model_size(ModelConfig.of(args), data.num_users, data.num_items)
     except OverflowError as e:
         reason = f"MLP embeddings of {args.latent_dim_mf * 2 ** (args.num_layers - 1):.3g} values a row" \
             if args.model in ("mlp", "neumf") else one_line(e)
@@ -325,8 +328,7 @@ def build(args, data, ctx, checkpoint):
     sparse = uses_sparse_updates(args, ctx.device, ctx.print)
     if checkpoint is not None:
         note_update_rule_change(checkpoint, sparse, args, ctx)
-    model = build_model(data.num_users, data.num_items, args.latent_dim_mf, args.num_layers, args.model,
-                        sparse).to(ctx.device)
+    model = build_model(ModelConfig.of(args), data.num_users, data.num_items, sparse).to(ctx.device)
     if args.pretrain_gmf and checkpoint is None and ctx.is_main:  # the other ranks get these weights from rank 0
         gmf, mlp = load_pretrained_checkpoints(args, data, ctx.device)
         load_pretrained(model, gmf["model"], mlp["model"], args.alpha)
@@ -483,8 +485,8 @@ class Outputs:
         model.load_state_dict(load_checkpoint(os.path.join(self.args.save_dir, "best.pt"))["model"])
         model.eval()
         answering = continuation.for_model(model.cpu(), self.data, self.args.data_dir)
-        results, _ = continuation.continue_questions(answering, continuation.read_questions(files["questions"]))
-        song, tag, total = arena_score(results, continuation.read_questions(files["answers"]), files["answers"])
+        done = continuation.answer_file(answering, files["questions"], answers_path=files["answers"])
+        song, tag, total = done["score"]
         print(f"Arena score of the best checkpoint (epoch {epoch}) on {files['questions']}: "
               + arena_line(song, tag, total))
         return {"song_ndcg": song, "tag_ndcg": tag, "score": total, "epoch": epoch,

@@ -1,5 +1,7 @@
 """GMF, MLP and NeuMF (He et al., Neural Collaborative Filtering, WWW 2017), plain matrix factorisation as the
 baseline (Rendle et al. 2020), and loading pretrained GMF/MLP into NeuMF."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -7,17 +9,32 @@ from torch import nn
 MODELS = ("gmf", "mlp", "neumf", "mf")
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a model is built from, named as main.py's flags: --model, --latent_dim_mf (the predictive factors: GMF
+    embedding size and last MLP layer width) and --num_layers (MLP layers)."""
+    model: str = "neumf"
+    latent_dim_mf: int = 8
+    num_layers: int = 3
+
+    @classmethod
+    def of(cls, config):
+        """The configuration held by parsed flags (an argparse namespace) or a checkpoint's "config" dict."""
+        values = config if isinstance(config, dict) else vars(config)
+        return cls(values["model"], values["latent_dim_mf"], values["num_layers"])
+
+
 class NCF(nn.Module):
     """GMF, MLP or NeuMF, chosen by `model`; forward returns logits.
 
-    GMF: user and item embeddings of size `factor`, element-wise product.
-    MLP: embeddings of size factor * 2**(num_layers - 1) per side, concatenated, then `num_layers`
-    Linear+ReLU layers each halving the width down to `factor` (factor 8, 3 layers: 64 -> 32 -> 16 -> 8).
+    GMF: user and item embeddings of size `latent_dim_mf`, element-wise product.
+    MLP: embeddings of size latent_dim_mf * 2**(num_layers - 1) per side, concatenated, then `num_layers`
+    Linear+ReLU layers each halving the width down to `latent_dim_mf` (8, 3 layers: 64 -> 32 -> 16 -> 8).
     NeuMF: both, the output layer reading [GMF product, MLP output].
     sparse: embedding gradients hold only the batch's rows (for optimizers that update only those rows).
     """
 
-    def __init__(self, num_users, num_items, factor=8, num_layers=3, model="neumf", sparse=False):
+    def __init__(self, num_users, num_items, latent_dim_mf=8, num_layers=3, model="neumf", sparse=False):
         super().__init__()
         if model not in ("gmf", "mlp", "neumf"):
             raise ValueError(f"NCF: model {model!r} is not gmf, mlp or neumf (MF is the class MF)")
@@ -25,18 +42,18 @@ class NCF(nn.Module):
         self.use_gmf = model in ("gmf", "neumf")
         self.use_mlp = model in ("mlp", "neumf")
         if self.use_gmf:
-            self.user_gmf = nn.Embedding(num_users, factor, sparse=sparse)
-            self.item_gmf = nn.Embedding(num_items, factor, sparse=sparse)
+            self.user_gmf = nn.Embedding(num_users, latent_dim_mf, sparse=sparse)
+            self.item_gmf = nn.Embedding(num_items, latent_dim_mf, sparse=sparse)
         if self.use_mlp:
-            mlp_dim = factor * 2 ** (num_layers - 1)
+            mlp_dim = latent_dim_mf * 2 ** (num_layers - 1)
             self.user_mlp = nn.Embedding(num_users, mlp_dim, sparse=sparse)
             self.item_mlp = nn.Embedding(num_items, mlp_dim, sparse=sparse)
-            widths = [factor * 2 ** (num_layers - i) for i in range(num_layers + 1)]
+            widths = [latent_dim_mf * 2 ** (num_layers - i) for i in range(num_layers + 1)]
             layers = []
             for width_in, width_out in zip(widths[:-1], widths[1:]):
                 layers += [nn.Linear(width_in, width_out), nn.ReLU()]
             self.mlp = nn.Sequential(*layers)
-        self.predict = nn.Linear(factor * (self.use_gmf + self.use_mlp), 1)
+        self.predict = nn.Linear(latent_dim_mf * (self.use_gmf + self.use_mlp), 1)
         init_embeddings(self)
 
     def embeddings(self):
@@ -112,15 +129,15 @@ class NCF(nn.Module):
 
 class MF(nn.Module):
     """Plain matrix factorisation, the baseline of Rendle et al. 2020: the dot product of user and item embeddings
-    of size `factor`, plus user, item and global biases; forward returns logits. Its parameters keep the names
+    of size `latent_dim_mf`, plus user, item and global biases; forward returns logits. Its parameters keep the names
     they had when MF ran through NCF (user_gmf, item_gmf, user_bias, item_bias, bias), so checkpoints load."""
 
     model = "mf"
 
-    def __init__(self, num_users, num_items, factor=8, sparse=False):
+    def __init__(self, num_users, num_items, latent_dim_mf=8, sparse=False):
         super().__init__()
-        self.user_gmf = nn.Embedding(num_users, factor, sparse=sparse)
-        self.item_gmf = nn.Embedding(num_items, factor, sparse=sparse)
+        self.user_gmf = nn.Embedding(num_users, latent_dim_mf, sparse=sparse)
+        self.item_gmf = nn.Embedding(num_items, latent_dim_mf, sparse=sparse)
         self.user_bias = nn.Embedding(num_users, 1, sparse=sparse)
         self.item_bias = nn.Embedding(num_items, 1, sparse=sparse)
         self.bias = nn.Parameter(torch.zeros(1))
@@ -145,26 +162,27 @@ class MF(nn.Module):
         return score
 
 
-def build_model(num_users, num_items, factor=8, num_layers=3, model="neumf", sparse=False):
-    """The model --model names: MF for "mf", else NCF (GMF, MLP or NeuMF)."""
-    if model == "mf":
-        return MF(num_users, num_items, factor, sparse)
-    return NCF(num_users, num_items, factor, num_layers, model, sparse)
+def build_model(config, num_users, num_items, sparse=False):
+    """The model a ModelConfig describes: MF for "mf", else NCF (GMF, MLP or NeuMF)."""
+    if config.model == "mf":
+        return MF(num_users, num_items, config.latent_dim_mf, sparse)
+    return NCF(num_users, num_items, config.latent_dim_mf, config.num_layers, config.model, sparse)
 
 
-def model_size(num_users, num_items, factor=8, num_layers=3, model="neumf"):
+def model_size(config, num_users, num_items):
     """(parameters, width) of the model build_model makes, by arithmetic alone (nothing is built or allocated):
     width is the values one sample's forward pass produces (its embedding rows and every layer's outputs).
     OverflowError when a tensor would have more elements than torch can index (2^63)."""
-    embedding_dims = {"mf": [factor, factor, 1, 1], "gmf": [factor, factor]}.get(model, [])
+    model, dim, num_layers = config.model, config.latent_dim_mf, config.num_layers
+    embedding_dims = {"mf": [dim, dim, 1, 1], "gmf": [dim, dim]}.get(model, [])
     layer_shapes = []  # (in, out) of each Linear
     if model in ("mlp", "neumf"):
-        widths = [factor * 2 ** (num_layers - i) for i in range(num_layers + 1)]
-        embedding_dims = ([factor, factor] if model == "neumf" else []) + [widths[1], widths[1]]
+        widths = [dim * 2 ** (num_layers - i) for i in range(num_layers + 1)]
+        embedding_dims = ([dim, dim] if model == "neumf" else []) + [widths[1], widths[1]]
         layer_shapes = list(zip(widths[:-1], widths[1:]))
     if model != "mf":
-        layer_shapes.append((factor * (2 if model == "neumf" else 1), 1))
-    tables = [(num_users if i % 2 == 0 else num_items) * dim for i, dim in enumerate(embedding_dims)]
+        layer_shapes.append((dim * (2 if model == "neumf" else 1), 1))
+    tables = [(num_users if i % 2 == 0 else num_items) * size for i, size in enumerate(embedding_dims)]
     weights = [n_in * n_out for n_in, n_out in layer_shapes]
     if max(tables + weights) >= 2 ** 63:
         raise OverflowError(f"a tensor of {max(tables + weights):.3g} elements")

@@ -1,5 +1,5 @@
 """main.py --recipe arena: the playlist continuation recipe. Validation questions are carved out of the training
-playlists (the Arena's four kinds in its proportions, by split.py's arena_questions: half a playlist's songs and
+playlists (the Arena's four kinds in its proportions, by arena.py's arena_questions: half a playlist's songs and
 tags hidden, or all of one field), and every setting is chosen on them, never on the questions being scored or
 their answers: the model (size, negatives, epochs: each candidate of MODELS trained on the training pairs less the
 hidden halves, scored alone on the validation questions every EVAL_EVERY epochs), playlist-kNN's settings
@@ -21,12 +21,11 @@ import torch
 import blend
 import continuation
 import dataloader
+from arena import ARENA_SONGS, ARENA_TAGS, PLAYLIST_FIELDS, arena_line, arena_questions, arena_score, list_ndcg
 from distributed import Context
-from metrics import arena_line, arena_score, list_ndcg
-from model import build_model
+from model import ModelConfig, build_model
 from optim import make_step, uses_sparse_updates
 from runs import compact, results_dir, run_provenance, save_checkpoint
-from split import PLAYLIST_FIELDS, arena_questions
 from training import Position, epoch_size, train_epoch
 from utils import MISSING, InputError, atomic_open
 
@@ -113,7 +112,7 @@ class Judge:
     def score(self, method, model=None, fold_in_all=False):
         scorers = blend.Scorers(self.validation.data, self.validation.vocabulary, method, model, fold_in_all,
                                 fitted=self.fitted)
-        results, _ = blend.answer(scorers, self.validation.questions)
+        results, _ = continuation.answer_questions(scorers, self.validation.questions)
         return arena_score(results, self.validation.answers, "validation results")
 
     def search(self, method, model, say):
@@ -134,7 +133,7 @@ class Judge:
                 for scorer in [s for s in method[part] if model is not None or s != "model"]:
                     def value(weight):
                         trial = {**method, part: {**method[part], scorer: weight}}
-                        songs, tags = blend.top_lists(prepared, rows, trial, song_scores, tag_scores)
+                        songs, _, tags = blend.top_lists(prepared, rows, trial, song_scores, tag_scores)
                         return self.ndcg(scorers, songs if field == "songs" else tags, field, mask)
 
                     best = max(WEIGHTS, key=value)
@@ -148,7 +147,7 @@ class Judge:
         names = np.asarray(scorers.base.song_index if field == "songs" else scorers.vocabulary.tags, dtype=object)
         recommended = names[top.numpy()].tolist()
         truths = [answer[field] for answer in self.validation.answers]
-        values = list_ndcg(recommended, truths, blend.ARENA_SONGS if field == "songs" else blend.ARENA_TAGS)
+        values = list_ndcg(recommended, truths, ARENA_SONGS if field == "songs" else ARENA_TAGS)
         return float(values.mean() if mask is None else values[mask].mean() if mask.any() else 0.0)
 
 
@@ -163,8 +162,8 @@ class Training:
         self.ctx = Context(0, 1, torch.device("cpu"))
         torch.manual_seed(args.seed)
         sparse = uses_sparse_updates(self.args, self.ctx.device, lambda line: None)
-        self.model = build_model(validation.data.num_users, validation.data.num_items, self.args.latent_dim_mf,
-                                 self.args.num_layers, self.args.model, sparse)
+        self.model = build_model(ModelConfig.of(self.args), validation.data.num_users, validation.data.num_items,
+                                 sparse)
         self.step = make_step(self.model, self.args, sparse, self.ctx)
         self.position, self.best, self.epoch = Position.from_checkpoint(None), None, 0
 
@@ -216,8 +215,7 @@ def choose(validation, args, say):
     record["model"] = {**training.candidate, "epochs": epoch, "validation_score": score}
     say(f"model: {describe(training.candidate)}, {epoch} epochs (validation score {score:.4f})")
     config = {**vars(args), **training.candidate, "epochs": epoch}
-    model = build_model(validation.data.num_users, validation.data.num_items, config["latent_dim_mf"],
-                        config["num_layers"], config["model"])
+    model = build_model(ModelConfig.of(config), validation.data.num_users, validation.data.num_items)
     model.load_state_dict(state)
     model.eval()
     knn = [(judge.score(blend.named_method({**START, "playlistknn": p}, "playlistknn"))[2], p)
@@ -249,21 +247,22 @@ def split_questions(data):
 
 def continue_split(model, data, data_dir, method, save_dir, say):
     """Answer the split's questions with `method` (neighbour scorers fitted on all of `data`'s training pairs):
-    SAVE_DIR/arena_results.json, and {"song", "tag", "score", "answer_seconds"} (the score when it has answers)."""
+    SAVE_DIR/submission.json (submission-NAME.json for each of several question files); returns {"answer_seconds",
+    and "song", "tag", "score" where the split has answers}."""
     paths, answers_path = split_questions(data)
-    questions = [q for path in paths for q in continuation.read_questions(path)]
     started = time.perf_counter()
-    scorers = blend.Scorers(data, continuation.Vocabulary(data, data_dir), method, model)
-    results, unknown = blend.answer(scorers, questions, progress=blend.progress_lines(say))
-    out = os.path.join(save_dir, "arena_results.json")
-    continuation.write_results(out, results)
-    record = {"answer_seconds": time.perf_counter() - started}
-    say(f"wrote {out}: {len(results):,} playlists by method {method['name']} in {record['answer_seconds']:.1f}s"
-        + (f" ({unknown:,} of their songs unknown to the split: skipped)" if unknown else ""))
-    if answers_path is not None:
-        song, tag, score = arena_score(results, continuation.read_questions(answers_path), answers_path)
-        record.update(song=song, tag=tag, score=score)
-        say(f"Arena score on {paths[0]}: " + arena_line(song, tag, score))
+    scorers = blend.Scorers(data, continuation.Vocabulary(data, data_dir), method, model, say=say)
+    record = {}
+    for path in paths:
+        name = "submission" + ("" if len(paths) == 1 else "-" + os.path.splitext(os.path.basename(path))[0])
+        out = os.path.join(save_dir, f"{name}.json")
+        done = continuation.answer_file(scorers, path, out, answers_path)
+        say(f"wrote {out}: {len(done['results']):,} playlists by method {method['name']} in {done['seconds']:.1f}s"
+            + (f" ({done['unknown']:,} of their songs unknown to the split: skipped)" if done["unknown"] else ""))
+        if done["score"] is not None:
+            record.update(zip(("song", "tag", "score"), done["score"]))
+            say(f"Arena score on {path}: " + arena_line(*done["score"]))
+    record["answer_seconds"] = time.perf_counter() - started
     return record
 
 
@@ -283,7 +282,7 @@ def run(args):
     method, config, state, choices = choose(validation, args, say)
     train_seconds = time.perf_counter() - started
     say(f"method: {method['name']}, chosen in {train_seconds:.1f}s")
-    model = build_model(data.num_users, data.num_items, config["latent_dim_mf"], config["num_layers"], config["model"])
+    model = build_model(ModelConfig.of(config), data.num_users, data.num_items)
     model.load_state_dict(state)
     save_checkpoint(os.path.join(save_dir, "best.pt"), {"config": config, "model": state, "epoch": config["epochs"],
                                                         "continuation": method, "provenance": provenance})

@@ -14,6 +14,7 @@ import time
 import torch
 
 import distributed
+from model import ModelConfig, build_model
 from utils import InputError, atomic_path, code_provenance, file_sha256, lock_directory, one_line, point_symlink
 
 RUN_FILES = ("results.json", "last.pt", "best.pt")  # a run's outputs, which no other run may replace
@@ -75,6 +76,23 @@ def load_checkpoint(path, device="cpu"):
             or not isinstance(checkpoint["config"], dict) or not CONFIG_KEYS <= checkpoint["config"].keys():
         raise InputError(f"{path}: not a checkpoint written by main.py")
     return checkpoint
+
+
+def model_from_checkpoint(checkpoint, data, path="checkpoint"):
+    """The model a checkpoint (of `path`) holds, built by its configuration for `data` and on `data`'s device; a
+    one-line error when it was trained on another number of users or items."""
+    model = build_model(ModelConfig.of(checkpoint["config"]), data.num_users, data.num_items)
+    state = checkpoint["model"]
+    trained = tuple(next((state[key].shape[0] for key in (f"{side}_gmf.weight", f"{side}_mlp.weight") if key in state),
+                         0) for side in ("user", "item"))
+    if trained != (data.num_users, data.num_items):
+        raise InputError(f"{path}: trained on {trained[0]:,} users x {trained[1]:,} items, not the "
+                         f"{data.num_users:,} x {data.num_items:,} of data set {data.name!r}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"{path}: does not fit its configuration ({one_line(e)})") from None
+    return model.to(data.device)
 
 
 def load_pretrained_checkpoints(args, data, device="cpu"):

@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import os
-import random
 import re
 import time
 from contextlib import ExitStack
@@ -30,25 +29,19 @@ from contextlib import ExitStack
 import numpy as np
 import pandas as pd
 
+from arena import ARENA_SEED, arena_split, check_records, check_unique_ids, read_playlists
 from utils import MISSING, InputError, Parser, atomic_path, read_json, run_cli
 
 TEST_ITEM_RULES = ("latest", "last", "random")
 INT_TOKEN = r"-?\d{1,18}"
 BAD_DATE = np.iinfo(np.int64).min
-PLAYLIST_FIELDS = {"id": "int", "songs": "ints", "tags": "strs", "plylst_title": "str", "like_cnt": "any",
-                   "updt_date": "any"}  # train.json's; tags and title may be absent, like_cnt and updt_date anything
-ARENA_SEED = 777  # the Arena's split_data.py: random.seed(777)
-ARENA_KINDS = (  # kind, its end as a share of the questions (30%, 50%, 15%, 5%), fields masked to half, fields removed
-    ("songs", 0.3, ("songs",), ("tags",)), ("songs+tags", 0.8, ("songs", "tags"), ()),
-    ("tags", 0.95, ("tags",), ("songs",)), ("title", 1.0, (), ("songs", "tags")))
-ARENA_QUESTION_SHARE = 0.2
-ARENA_ANSWER_LENGTH = {"songs": 100, "tags": 10}
 
 
 def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_items=None,
           test_item="latest", num_test_neg=99, seed=42, val=False, verbose=True, arena=False, arena_seed=ARENA_SEED,
           questions=(), exclude=None):
-    """Split `input_path` into leave-one-out files in `out_dir`; return the meta dict (NAME.meta.json).
+    """Split `input_path` into leave-one-out files in `out_dir` (options, reading, filtering, holding out, then
+    the files written all at once); return the meta dict (NAME.meta.json).
 
     Melon only: `arena` makes the Arena's local question/answer split (seeded by `arena_seed`); `questions` are
     Arena question files whose playlists join as users without held-out items; `exclude` is an Arena JSON file
@@ -57,33 +50,15 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     melon = input_path.endswith(".json")
     if (arena or questions or exclude) and not melon:
         raise InputError("--arena, --questions and --exclude need a Melon train.json as --input")
-    if min_item_count is None:
-        min_item_count = 25 if melon else 1
-    if min_user_items is None:
-        min_user_items = 3 if val else 2
-    check_options(min_item_count, min_user_items, test_item, num_test_neg, seed, val, name)
-    if not os.path.isfile(input_path):
-        raise InputError(f"{input_path}: {'not a file' if os.path.exists(input_path) else 'no such file'}")
+    min_item_count = (25 if melon else 1) if min_item_count is None else min_item_count
+    min_user_items = (3 if val else 2) if min_user_items is None else min_user_items
+    check_options(input_path, min_item_count, min_user_items, test_item, num_test_neg, seed, val, name)
     if name is None:
         path = os.path.abspath(input_path)
         name = os.path.basename(os.path.dirname(path)) if melon else os.path.splitext(os.path.basename(path))[0]
 
-    arena_files = {}
-    if melon:
-        playlists = read_playlists(input_path)
-        if exclude is not None:
-            dropped = {record[0] for record in read_playlists(exclude)}
-            playlists = [record for record in playlists if record[0] not in dropped]
-        sources = [(input_path, playlists)] + [(path, read_playlists(path)) for path in questions]
-        check_unique_ids(sources)
-        asked = [record for _, records in sources[1:] for record in records]
-        if arena:
-            playlists, arena_asked, arena_questions, arena_answers, kinds = arena_split(playlists, arena_seed)
-            asked += arena_asked
-            arena_files = {"questions": arena_questions, "answers": arena_answers, "kinds": kinds}
-        data = load_melon(input_path, playlists + asked, num_questions=len(asked))
-    else:
-        data = load_delimited(input_path)
+    data, arena_files = read_melon(input_path, arena, arena_seed, questions, exclude) if melon \
+        else (load_delimited(input_path), {})
     if verbose and test_item == "latest" and not data.get("timestamps", True):
         print(f"note: {input_path} has no timestamps, so each user's held-out item is its last line; if the file "
               f"is sorted by item (as Last.fm's user_artists.dat is, by artist id), use --test_item random")
@@ -92,13 +67,66 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     if len(rows) == 0 or question.all():
         raise InputError(f"no {'playlists' if melon else 'users'} left after filtering {input_path} "
                          f"(min_item_count={min_item_count}, min_user_items={min_user_items})")
-    rating, when = data["rating"][rows], data["time"][rows]
-    num_users, num_items = len(user_ids), len(item_ids)
+    columns = (user, item, data["rating"][rows], data["time"][rows])
+    held = hold_out_all(columns, question, len(user_ids), len(item_ids), test_item, num_test_neg, seed, val, melon,
+                        user_ids)
 
-    pick_test, pick_val, neg_test, neg_val = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+    meta = {
+        "name": name,
+        "format": "melon" if melon else "delimited",
+        "source": os.path.abspath(input_path),
+        "seed": seed,
+        "num_users": len(user_ids),
+        "num_items": len(item_ids),
+        "num_train": len(held["train"]),
+        "num_test_users": len(held["test"]),
+        "num_test_neg": num_test_neg,
+        "has_val": bool(val),
+        "filters": {"min_item_count": min_item_count, "min_user_items": min_user_items, "test_item": test_item},
+        "stats": {**stats, "interactions": len(user), "density": len(user) / (len(user_ids) * len(item_ids))},
+        "user_ids": user_ids.tolist(),
+        "item_ids": item_ids.tolist(),
+    }
+    files = split_files(name, columns, held)
+    if melon:
+        files.update(melon_files(meta, name, out_dir, input_path, data, kept_users, question, arena_files,
+                                 dict(questions=questions, exclude=exclude, arena_seed=arena_seed)))
+    files[f"{name}.meta.json"] = lambda p: write_meta(p, meta)
+    paths = write_all(out_dir, files)
+    if verbose:
+        print(summary(meta, paths, time.time() - start))
+    return meta
+
+
+def read_melon(input_path, arena, arena_seed, questions, exclude):
+    """(interactions as load_melon returns them, the Arena split's files or {}) of a Melon train.json: its
+    playlists less those of `exclude`, then the playlists of the `questions` files and, with `arena`, the Arena
+    split's question playlists (users without held-out items)."""
+    playlists = read_playlists(input_path)
+    if exclude is not None:
+        dropped = {record[0] for record in read_playlists(exclude)}
+        playlists = [record for record in playlists if record[0] not in dropped]
+    sources = [(input_path, playlists)] + [(path, read_playlists(path)) for path in questions]
+    check_unique_ids(sources)
+    asked = [record for _, records in sources[1:] for record in records]
+    arena_files = {}
+    if arena:
+        playlists, arena_asked, arena_questions, arena_answers, kinds = arena_split(playlists, arena_seed)
+        asked += arena_asked
+        arena_files = {"questions": arena_questions, "answers": arena_answers, "kinds": kinds}
+    return load_melon(input_path, playlists + asked, num_questions=len(asked)), arena_files
+
+
+def hold_out_all(columns, question, num_users, num_items, test_item, num_test_neg, seed, val, melon, user_ids):
+    """{"train", "test", "val" (or None): row indices into `columns` (user, item, rating, time), training rows by
+    user; "negatives", "val_negatives": the sampled evaluation negatives of every user}. Question users have no
+    held-out item; time ties go to the first item on Melon (release dates), to the last elsewhere. Each part draws
+    from its own stream of the seed."""
+    user, item, _, when = columns
     ties_last = not melon
+    pick_test, pick_val, neg_test, neg_val = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
     in_train = np.ones(len(user), bool)
-    rest = np.flatnonzero(~question[user])  # question playlists have no held-out item
+    rest = np.flatnonzero(~question[user])
     test_rows = rest[hold_out(user[rest], when[rest], rest, test_item, ties_last, pick_test)]
     in_train[test_rows] = False
     val_rows = None
@@ -110,59 +138,47 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     val_negatives = (sample_test_negatives(user, item, num_users, num_items, num_test_neg, neg_val, user_ids)
                      if val else None)
     train_rows = np.flatnonzero(in_train)
-    train_rows = train_rows[np.argsort(user[train_rows], kind="stable")]
+    return {"train": train_rows[np.argsort(user[train_rows], kind="stable")], "test": test_rows, "val": val_rows,
+            "negatives": negatives, "val_negatives": val_negatives}
 
-    meta = {
-        "name": name,
-        "format": "melon" if melon else "delimited",
-        "source": os.path.abspath(input_path),
-        "seed": seed,
-        "num_users": num_users,
-        "num_items": num_items,
-        "num_train": len(train_rows),
-        "num_test_users": len(test_rows),
-        "num_test_neg": num_test_neg,
-        "has_val": bool(val),
-        "filters": {"min_item_count": min_item_count, "min_user_items": min_user_items, "test_item": test_item},
-        "stats": {**stats, "interactions": len(user), "density": len(user) / (num_users * num_items)},
-        "user_ids": user_ids.tolist(),
-        "item_ids": item_ids.tolist(),
-    }
-    if melon:
-        meta["song_meta"] = os.path.abspath(os.path.join(os.path.dirname(input_path), "song_meta.json"))
-        meta["num_question_users"] = int(question.sum())
-        meta["questions"] = [os.path.abspath(path) for path in questions]
-        meta["exclude"] = os.path.abspath(exclude) if exclude is not None else None
 
-    columns = (user, item, rating, when)
+def split_files(name, columns, held):
+    """{file name: writer} of the leave-one-out files in the NCF paper's format."""
+    user, item = columns[:2]
     files = {
-        f"{name}.train.rating": lambda p: write_rows(p, columns, train_rows),
-        f"{name}.test.rating": lambda p: write_rows(p, columns, test_rows),
-        f"{name}.test.negative": lambda p: write_negatives(p, user, item, test_rows, negatives[user[test_rows]]),
+        f"{name}.train.rating": lambda p: write_rows(p, columns, held["train"]),
+        f"{name}.test.rating": lambda p: write_rows(p, columns, held["test"]),
+        f"{name}.test.negative": lambda p: write_negatives(p, user, item, held["test"],
+                                                           held["negatives"][user[held["test"]]]),
     }
-    if val:
-        files[f"{name}.val.rating"] = lambda p: write_rows(p, columns, val_rows)
-        files[f"{name}.val.negative"] = lambda p: write_negatives(p, user, item, val_rows,
-                                                                  val_negatives[user[val_rows]])
-    if melon:
-        tags = {"tags": [data["tags"][u] for u in kept_users.tolist()],
-                "titles": [data["titles"][u] for u in kept_users.tolist()]}
-        files[f"{name}.tags.json"] = lambda p: write_meta(p, tags)
-    if arena:
-        meta["arena"] = {"seed": arena_seed, "kinds": arena_files["kinds"],
+    if held["val"] is not None:
+        files[f"{name}.val.rating"] = lambda p: write_rows(p, columns, held["val"])
+        files[f"{name}.val.negative"] = lambda p: write_negatives(p, user, item, held["val"],
+                                                                  held["val_negatives"][user[held["val"]]])
+    return files
+
+
+def melon_files(meta, name, out_dir, input_path, data, kept_users, question, arena_files, options):
+    """{file name: writer} of a Melon split's own files (NAME.tags.json; with an Arena split its questions and
+    answers), its entries added to `meta`; options: the questions, exclude and arena_seed it was made with."""
+    meta["song_meta"] = os.path.abspath(os.path.join(os.path.dirname(input_path), "song_meta.json"))
+    meta["num_question_users"] = int(question.sum())
+    meta["questions"] = [os.path.abspath(path) for path in options["questions"]]
+    meta["exclude"] = os.path.abspath(options["exclude"]) if options["exclude"] is not None else None
+    tags = {"tags": [data["tags"][u] for u in kept_users.tolist()],
+            "titles": [data["titles"][u] for u in kept_users.tolist()]}
+    files = {f"{name}.tags.json": lambda p: write_meta(p, tags)}
+    if arena_files:
+        meta["arena"] = {"seed": options["arena_seed"], "kinds": arena_files["kinds"],
                          "questions": os.path.abspath(os.path.join(out_dir, f"{name}.questions.json")),
                          "answers": os.path.abspath(os.path.join(out_dir, f"{name}.answers.json"))}
         files[f"{name}.questions.json"] = lambda p: write_meta(p, arena_files["questions"])
         files[f"{name}.answers.json"] = lambda p: write_meta(p, arena_files["answers"])
-    files[f"{name}.meta.json"] = lambda p: write_meta(p, meta)
-    paths = write_all(out_dir, files)
-    if verbose:
-        print(summary(meta, paths, time.time() - start))
-    return meta
+    return files
 
 
-def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed, val, name):
-    """Raise InputError naming the flag for an impossible option value."""
+def check_options(input_path, min_item_count, min_user_items, test_item, num_test_neg, seed, val, name):
+    """Raise InputError naming the flag for an impossible option value, or the input file when it is not one."""
     if min_item_count < 0:
         raise InputError(f"--min_item_count must be >= 0 (got {min_item_count})")
     least = 3 if val else 2
@@ -177,109 +193,8 @@ def check_options(min_item_count, min_user_items, test_item, num_test_neg, seed,
         raise InputError(f"--seed must be >= 0 (got {seed})")
     if name is not None and (not name or os.sep in name or name in (".", "..")):
         raise InputError(f"--name must be a plain file name (got {name!r})")
-
-
-def check_records(path, records, kinds):
-    """Raise InputError naming the first record that is not an object whose fields (as kept by read_json) have
-    the given kinds: "int", "ints" (a list of integers) or "date" (a string or an integer). One pass over the
-    value types when all is well; a record-by-record scan only to name the bad one."""
-    if not isinstance(records, list):
-        raise InputError(f"{path}: expected a JSON list of records")
-    absent = type(MISSING)
-    allowed = {"int": {int}, "ints": {list}, "date": {str, int}, "strs": {list, absent}, "str": {str, absent},
-               "any": None}
-    element = {"ints": int, "strs": str}
-
-    def types(values):
-        return set(map(type, values))
-
-    def good_elements(kind, lists):
-        return kind not in element or types(itertools.chain.from_iterable(
-            values for values in lists if values is not MISSING)) <= {element[kind]}
-
-    if types(records) <= {tuple} and all(
-            (allowed[kind] is None or types(r[column] for r in records) <= allowed[kind])
-            and good_elements(kind, (r[column] for r in records)) for column, kind in enumerate(kinds.values())):
-        return
-    want = {"int": "an integer", "ints": "a list of integer song ids", "date": "a YYYYMMDD string",
-            "strs": "a list of strings", "str": "a string"}
-    for index, record in enumerate(records):
-        if type(record) is not tuple:
-            raise InputError(f"{path}: record {index} is not a JSON object")
-        for (key, kind), value in zip(kinds.items(), record):
-            if value is MISSING and absent not in (allowed[kind] or {absent}):
-                raise InputError(f"{path}: record {index} has no '{key}' field")
-            if allowed[kind] is not None and (type(value) not in allowed[kind] or not good_elements(kind, [value])):
-                raise InputError(f"{path}: record {index}: '{key}' must be {want[kind]}, "
-                                 f"found {json.dumps(value)[:60]}")
-
-
-def read_playlists(path):
-    """The playlists of an Arena-format JSON file (train.json, val.json, test.json, questions, answers) as tuples
-    of PLAYLIST_FIELDS (MISSING where absent); a one-line InputError for anything else. Ids are not checked here."""
-    playlists = read_json(path, tuple(PLAYLIST_FIELDS))
-    check_records(path, playlists, PLAYLIST_FIELDS)
-    return playlists
-
-
-def check_unique_ids(sources):
-    """An InputError naming the file and record of the first playlist id seen twice in [(path, playlists)]."""
-    seen = {}
-    for path, playlists in sources:
-        ids = pd.Index([p[0] for p in playlists])
-        duplicate = ids.duplicated() | ids.isin(list(seen))
-        if duplicate.any():
-            index = int(np.argmax(duplicate))
-            earlier = f" (also in {seen[ids[index]]})" if ids[index] in seen else ""
-            raise InputError(f"{path}: record {index}: playlist id {ids[index]} appears twice{earlier}")
-        seen.update(dict.fromkeys(ids.tolist(), path))
-
-
-def as_record(playlist, **fields):
-    """A playlist tuple as an Arena JSON object (absent fields left out), with `fields` replaced."""
-    record = {key: value for key, value in zip(PLAYLIST_FIELDS, playlist) if value is not MISSING}
-    return {**record, **fields}
-
-
-def arena_split(playlists, seed=ARENA_SEED):
-    """The Kakao Arena's local split (its split_data.py): playlists shuffled (Python's random.shuffle, seeded as
-    the Arena seeds it, so the same train.json gives the Arena's own partition), the last 20% made questions of the
-    ARENA_KINDS in order: half of a field's values kept at random in the question and the other half in the answer,
-    a removed field empty in the question and whole (cut to 100 songs, 10 tags) in the answer; the questions
-    shuffled. Returns (training playlists, question playlists as tuples, questions and answers as JSON objects in
-    the same order, {kind: count})."""
-    playlists = list(playlists)
-    random.Random(seed).shuffle(playlists)
-    first = int(len(playlists) * (1 - ARENA_QUESTION_SHARE))
-    questions, answers, kinds = arena_questions(playlists[first:], np.random.default_rng(seed))
-    asked = [tuple(q.get(key, MISSING) for key in PLAYLIST_FIELDS) for q in questions]
-    return playlists[:first], asked, questions, answers, kinds
-
-
-def arena_questions(asked, rng):
-    """(questions, answers, {kind: count}) of the playlists `asked` (tuples), as the Arena's split_data.py makes
-    them: the ARENA_KINDS in order, the questions shuffled by `rng`."""
-    kinds, questions, answers, begin = {}, [], [], 0
-    for kind, end, masked, removed in ARENA_KINDS:
-        group, begin = asked[begin:int(len(asked) * end)], int(len(asked) * end)
-        kinds[kind] = len(group)
-        for playlist in group:
-            question, answer = as_record(playlist), as_record(playlist)
-            for field in ("songs", "tags"):
-                values = question.get(field, [])
-                if field in masked:
-                    keep = np.zeros(len(values), bool)
-                    keep[rng.permutation(len(values))[:len(values) // 2]] = True
-                    question[field] = [v for v, k in zip(values, keep) if k]
-                    answer[field] = [v for v, k in zip(values, keep) if not k][:ARENA_ANSWER_LENGTH[field]]
-                elif field in removed:
-                    question[field], answer[field] = [], values[:ARENA_ANSWER_LENGTH[field]]
-                else:
-                    answer[field] = []
-            questions.append(question)
-            answers.append(answer)
-    order = rng.permutation(len(questions))
-    return [questions[i] for i in order], [answers[i] for i in order], kinds
+    if not os.path.isfile(input_path):
+        raise InputError(f"{input_path}: {'not a file' if os.path.exists(input_path) else 'no such file'}")
 
 
 def load_melon(path, playlists, num_questions=0):

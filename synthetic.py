@@ -25,6 +25,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
+from arena import PLAYLIST_FIELDS, arena_questions
 from utils import MISSING, InputError, Parser, atomic_open, run_cli
 
 # (playlists, songs). The sample keeps Melon's ~7.5 playlist entries per song, so its >=25 filter
@@ -118,11 +119,33 @@ def yyyymmdd(days):
     return year * 10_000 + month * 100 + day
 
 
+def issue_dates(rng, day):
+    """YYYYMMDD release dates of songs released on `day` (days since 1970), with the real file's oddities: some
+    with 00 day, some with 00 month and day, a few unusable (0, or a 13th month)."""
+    date = yyyymmdd(day.astype("datetime64[D]"))
+    odd = rng.random(len(day))
+    date = np.where(odd < 0.012, date // 100 * 100, date)            # 00 day
+    date = np.where(odd > 0.992, date // 10_000 * 10_000, date)      # 00 month and day
+    bad = rng.choice(len(day), size=max(1, round(len(day) * 0.001)), replace=False)
+    date[bad] = np.where(rng.random(len(bad)) < 0.5, 0, date[bad] // 10_000 * 10_000 + 1399)
+    return date
+
+
+def song_genres(rng, cluster_genre):
+    """(genre, second genre, detail) codes of songs whose clusters have the GENRES indices `cluster_genre`: the
+    cluster's genre (a few songs none: 0), some a second one, and a detail genre 1-9."""
+    num_songs = len(cluster_genre)
+    genre = np.array([g[0] for g in GENRES])[cluster_genre]
+    genre[rng.random(num_songs) < 0.005] = 0  # 0: no genre
+    genre2 = np.where(rng.random(num_songs) < 0.15, rng.integers(1, len(GENRES) + 1, size=num_songs), 0)
+    genre2[(genre2 == genre) | (genre == 0)] = 0
+    return genre, genre2, rng.integers(1, 10, size=num_songs)
+
+
 def make_catalogue(rng, num_songs):
     """Songs grouped into albums, artists and taste clusters; returns a dict of per-song arrays and lists."""
     num_clusters = max(1, round(num_songs / SONGS_PER_CLUSTER))
-    num_artists = max(1, num_songs // 8)
-    num_albums = max(1, num_songs // 4)
+    num_artists, num_albums = max(1, num_songs // 8), max(1, num_songs // 4)
 
     genre_p = 1.0 / np.arange(1, len(GENRES) + 1) ** 0.7
     cluster_genre = rng.choice(len(GENRES), size=num_clusters, p=genre_p / genre_p.sum())
@@ -155,18 +178,8 @@ def make_catalogue(rng, num_songs):
     song_names[feat] = song_names[feat] + " (Feat. " + artist_names[featured[feat]] + ")"
 
     day = album_day[album]
-    date = yyyymmdd(day.astype("datetime64[D]"))
-    odd = rng.random(num_songs)
-    date = np.where(odd < 0.012, date // 100 * 100, date)            # 00 day
-    date = np.where(odd > 0.992, date // 10_000 * 10_000, date)      # 00 month and day
-    bad = rng.choice(num_songs, size=max(1, round(num_songs * 0.001)), replace=False)
-    date[bad] = np.where(rng.random(len(bad)) < 0.5, 0, date[bad] // 10_000 * 10_000 + 1399)
-
-    genre = np.array([g[0] for g in GENRES])[cluster_genre[cluster]]
-    genre[rng.random(num_songs) < 0.005] = 0  # 0: no genre
-    genre2 = np.where(rng.random(num_songs) < 0.15, rng.integers(1, len(GENRES) + 1, size=num_songs), 0)
-    genre2[(genre2 == genre) | (genre == 0)] = 0
-    detail = rng.integers(1, 10, size=num_songs)
+    date = issue_dates(rng, day)
+    genre, genre2, detail = song_genres(rng, cluster_genre[cluster])
     # Code tables whose entry 0 (genre) or -1 (artist) is None: "absent" in a basket.
     gnr = np.array([None] + [f"GN{g:02d}00" for g in range(1, len(GENRES) + 1)], dtype=object)
     dtl = np.array([[None] * 10] + [[f"GN{g:02d}{d:02d}" for d in range(10)] for g in range(1, len(GENRES) + 1)],
@@ -362,10 +375,9 @@ def write_dataset(out_dir, num_playlists, num_songs, seed, num_questions=0):
             write_json_list(meta, num_songs, lambda a, b: song_records(cat["meta"], a, b))
             json.dump(genre_names(), genres, ensure_ascii=False)
             if num_questions:
-                import split
-                asked = [tuple(record.get(key, MISSING) for key in split.PLAYLIST_FIELDS)
+                asked = [tuple(record.get(key, MISSING) for key in PLAYLIST_FIELDS)
                          for record in playlist_records(pls, num_playlists, num_playlists + num_questions)]
-                questions, answers, _ = split.arena_questions(asked, rng)
+                questions, answers, _ = arena_questions(asked, rng)
                 for name, records in (("val.json", questions), ("val_answers.json", answers)):
                     json.dump(records, files.enter_context(atomic_open(os.path.join(out_dir, name), "w",
                                                                        encoding="utf-8")), ensure_ascii=False)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from metrics import arena_line, arena_score, check_arena_results, list_ndcg
+from arena import arena_line, arena_score, check_arena_results, list_ndcg
 from utils import InputError
 
 

@@ -9,7 +9,7 @@ import torch
 import baselines
 import dataloader
 from conftest import write_split
-from evaluate import evaluate, evaluate_full
+from scoring import evaluate, evaluate_full
 
 
 @pytest.fixture

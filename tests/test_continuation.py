@@ -14,8 +14,9 @@ import evaluate
 import main
 import split
 import synthetic
-from metrics import arena_score, check_arena_results
+from arena import arena_score, check_arena_results
 from model import NCF
+from scoring import similar_items
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_fold_in_moves_top_songs_toward_the_songs_neighbours():
     """Items in 4 clusters of 15 (GMF item vectors along one axis per cluster): a new playlist of 5 songs of
     cluster 2 starts from the mean user and, folded in, ranks its cluster's other songs first."""
     torch.manual_seed(0)
-    model = NCF(num_users=8, num_items=60, factor=4, num_layers=1)
+    model = NCF(num_users=8, num_items=60, latent_dim_mf=4, num_layers=1)
     cluster = torch.arange(60) // 15
     with torch.no_grad():
         model.item_gmf.weight.copy_(torch.eye(4)[cluster] + 0.05 * torch.randn(60, 4))
@@ -139,7 +140,7 @@ def test_fold_in_moves_top_songs_toward_the_songs_neighbours():
         scores[songs] = float("-inf")
         return scores.topk(10).indices
 
-    neighbours = evaluate.similar_items(model, 30, 10)[0]
+    neighbours = similar_items(model, 30, 10)[0]
     assert (cluster[neighbours] == 2).all()
     assert (cluster[top(after)] == 2).all() and (cluster[top(before)] == 2).sum() < 10
     assert all(p.requires_grad for p in model.parameters())  # the model itself is left trainable

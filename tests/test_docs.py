@@ -76,6 +76,17 @@ def test_the_docs_link_to_files_and_sections_that_exist():
             assert not anchor or anchor in anchors[target], (doc, target, anchor)
 
 
+def test_the_docs_speak_of_the_project_alone():
+    """A figure carries its commit and machine, never the work that made it: no issue numbers, sessions, rounds of
+    work or agents (wandb's sweep agents aside)."""
+    process = re.compile(r"\bissues? #?\d+|#\d+\b|\bsessions? \d+|\brounds? of work|\bagents?\b", re.I)
+    for doc in ALL_DOCS:
+        with open(os.path.join(REPO, doc), encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                found = process.search(re.sub(r"(sweep|wandb) agents?", "", line))
+                assert not found, f"{doc}:{number}: {found.group()!r}"
+
+
 def test_readme_is_a_front_door():
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         assert len(f.read().splitlines()) <= 260

@@ -9,7 +9,7 @@ import torch
 
 import dataloader
 from conftest import write_split
-from evaluate import evaluate_full, full_ranks
+from scoring import evaluate_full, full_ranks
 from model import NCF
 
 

@@ -12,7 +12,7 @@ from conftest import REPO, run_script, write_split
 from utils import run_cli
 
 CELLS = list(itertools.product(*grid.GRID.values()))
-COLUMNS = "| HR@10 | NDCG@10 | Num of Neg | Num Factor | Num Layer |"
+COLUMNS = "| HR@10 | NDCG@10 | num_neg | latent_dim_mf | num_layers |"
 PASSED = ["--batch_size", "512", "--no-exclude_test_neg"]  # main.py flags grid.py passes through to every cell
 
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-import evaluate
+import scoring
 import main
 from conftest import REPO, TINY, TRAINED_EPOCHS, results, run_script
 from utils import run_cli
@@ -194,7 +194,7 @@ def test_validation_selects_the_epoch_without_reading_test_metrics(tmp_path, mon
         epoch = (len(calls) + 1) // 2
         return torch.full((len(candidates.users),), epoch - 1 if len(calls) % 2 else 9 - epoch)
 
-    monkeypatch.setattr(evaluate, "sampled_ranks", fake_ranks)
+    monkeypatch.setattr(scoring, "sampled_ranks", fake_ranks)
     save_dir = str(tmp_path / "run")
     monkeypatch.setattr(sys, "argv", ["main.py", "--data_dir", data_dir, "--dataset", name, *TINY[2:],
                                       "--epochs", "3", "--save_dir", save_dir])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import MF, NCF, build_model, load_pretrained, model_size
+from model import MF, NCF, ModelConfig, build_model, load_pretrained, model_size
 
 
 def expected_parameters(users, items, factor, layers, model):
@@ -16,7 +16,7 @@ def expected_parameters(users, items, factor, layers, model):
 @pytest.mark.parametrize("factor,layers", [(8, 3), (4, 1), (16, 2), (8, 4)])
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf", "mf"])
 def test_shapes_and_parameter_counts(factor, layers, kind):
-    model = build_model(50, 70, factor, layers, kind)
+    model = build_model(ModelConfig(kind, factor, layers), 50, 70)
     assert sum(p.numel() for p in model.parameters()) == expected_parameters(50, 70, factor, layers, kind)
     logits = model(torch.tensor([0, 49, 3]), torch.tensor([69, 0, 5]))
     assert logits.shape == (3,)
@@ -25,18 +25,18 @@ def test_shapes_and_parameter_counts(factor, layers, kind):
 @pytest.mark.parametrize("factor,layers", [(8, 3), (4, 1), (16, 2), (5, 4)])
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf", "mf"])
 def test_model_size_is_the_built_models_without_building_it(factor, layers, kind):
-    model = build_model(50, 70, factor, layers, kind)
+    model = build_model(ModelConfig(kind, factor, layers), 50, 70)
     width = sum(m.embedding_dim if isinstance(m, torch.nn.Embedding) else m.out_features
                 for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.Linear)))
-    assert model_size(50, 70, factor, layers, kind) == (sum(p.numel() for p in model.parameters()), width)
+    assert model_size(ModelConfig(kind, factor, layers), 50, 70) == (sum(p.numel() for p in model.parameters()), width)
 
 
 def test_model_size_refuses_tensors_torch_cannot_index():
-    assert model_size(10, 10, 2 ** 58, 1, "gmf")[0] == 20 * 2 ** 58 + 2 ** 58 + 1
+    assert model_size(ModelConfig("gmf", 2 ** 58, 1), 10, 10)[0] == 20 * 2 ** 58 + 2 ** 58 + 1
     with pytest.raises(OverflowError):
-        model_size(10, 10, 8, 200, "mlp")
+        model_size(ModelConfig("mlp", 8, 200), 10, 10)
     with pytest.raises(OverflowError):
-        model_size(10, 10, 2 ** 60, 1, "mf")
+        model_size(ModelConfig("mf", 2 ** 60, 1), 10, 10)
 
 
 def test_seed_tower_for_factor_8_and_3_layers():
@@ -66,7 +66,7 @@ def test_pretrained_neumf_reproduces_gmf_and_mlp():
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf", "mf"])
 def test_candidate_scorer_equals_forward(kind):
     torch.manual_seed(1)
-    model = build_model(40, 60, 8, 3, kind)
+    model = build_model(ModelConfig(kind, 8, 3), 40, 60)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     users, items = torch.randint(40, (7,)), torch.randint(60, (7, 100))

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import NCF, build_model
+from model import NCF, ModelConfig, build_model
 import optim
 from optim import AutogradStep, FusedStep, LazyAdam
 
@@ -14,10 +14,10 @@ SHAPES = [(8, 3), (4, 1), (16, 2), (5, 4)]
 
 def twin_models(users=12, items=15, factor=4, layers=2, kind="neumf", std=0.3):
     torch.manual_seed(0)
-    dense = build_model(users, items, factor, layers, kind)
+    dense = build_model(ModelConfig(kind, factor, layers), users, items)
     for p in dense.parameters():
         torch.nn.init.normal_(p, std=std)
-    sparse = build_model(users, items, factor, layers, kind, sparse=True)
+    sparse = build_model(ModelConfig(kind, factor, layers), users, items, sparse=True)
     sparse.load_state_dict(dense.state_dict())
     return dense, sparse
 

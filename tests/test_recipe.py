@@ -48,7 +48,7 @@ def test_the_chosen_method_is_recorded_and_answers_by_default(tmp_path, monkeypa
     assert results["choices"]["model"]["epochs"] == checkpoint["epoch"]
     assert set(results["choices"]["methods"]) == {"blend", "model", "itemknn", "playlistknn"}
     questions = load(data_dir / "ar.questions.json")
-    submitted = load(tmp_path / "run" / "arena_results.json")
+    submitted = load(tmp_path / "run" / "submission.json")
     assert [r["id"] for r in submitted] == [q["id"] for q in questions]
     capsys.readouterr()
 
@@ -78,7 +78,7 @@ def test_the_scored_answers_play_no_part_in_any_choice(tmp_path):
     assert second["continuation"] == first["continuation"]
     assert second_results["choices"] == first_results["choices"]
     assert all(torch.equal(second["model"][k], first["model"][k]) for k in first["model"])
-    assert load(tmp_path / "second" / "arena_results.json") == load(tmp_path / "first" / "arena_results.json")
+    assert load(tmp_path / "second" / "submission.json") == load(tmp_path / "first" / "submission.json")
     assert second_results["arena"]["score"] < first_results["arena"]["score"]
 
 
@@ -106,7 +106,7 @@ def test_validation_questions_are_carved_from_training_playlists_only(tmp_path):
 
 def test_fold_in_loss_falls_for_mf():
     torch.manual_seed(0)
-    model = MF(num_users=8, num_items=60, factor=4)
+    model = MF(num_users=8, num_items=60, latent_dim_mf=4)
     with torch.no_grad():
         model.item_gmf.weight.copy_(torch.eye(4)[torch.arange(60) // 15] + 0.05 * torch.randn(60, 4))
     losses = []

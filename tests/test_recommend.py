@@ -14,7 +14,9 @@ import dataloader
 import split
 import synthetic
 from conftest import REPO, run_script
-from evaluate import item_names, load_checkpoint, model_from_checkpoint, recommend, similar_items
+from catalog import item_names
+from runs import load_checkpoint, model_from_checkpoint
+from scoring import recommend, similar_items
 from model import NCF
 
 

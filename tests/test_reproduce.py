@@ -12,7 +12,7 @@ import grid
 import main
 import reproduce
 from conftest import TINY, results, run_script
-from evaluate import evaluate
+from scoring import evaluate
 from model import NCF, load_pretrained
 from utils import run_cli
 
