@@ -115,6 +115,18 @@ ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULT
     "arena-melon-pop": arena("melon", "evaluate.py --baseline pop {arena} {questions}", "0.0141 / 0.2480 / 0.0492"),
     "arena-melon-itemknn": arena("melon", "evaluate.py --baseline itemknn {arena} {questions}",
                                  "0.2953 / 0.5908 / 0.3396"),
+    **{f"arena-{scale}-recipe": arena(scale, "main.py --recipe arena {arena}", figure)
+       for scale, figure in (("sample", ""), ("melon", ""))},
+    **{f"arena-{scale}-recipe-{method}": arena(  # the recipe, then its checkpoint answering by one method alone
+        scale, "main.py --recipe arena {arena}", figure,
+        then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/" + method + ".json --method "
+             + method)
+       for scale, method, figure in (("sample", "model", ""), ("sample", "playlistknn", ""), ("melon", "model", ""),
+                                     ("melon", "playlistknn", ""))},
+    "arena-melon-recipe-foldin-all": arena(
+        "melon", "main.py --recipe arena {arena}", "",
+        then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/folded.json --method model "
+             "--fold_in all"),
 }
 
 
