@@ -21,10 +21,13 @@ from utils import InputError
 SONG_SCORERS = ("model", "itemknn", "playlistknn", "features")
 TAG_SCORERS = ("title", "songs", "neighbours")
 METHODS = ("blend", "model", "itemknn", "playlistknn", "pop")
+PARTS = ("songs", "no_songs", "tags", "tags_no_title")  # a method's weights: songs of playlists with known songs,
+# of those without, tags of playlists with a title, of those without
 TIE_BREAK = 1e-3  # weight of standardised popularity, so that rows no scorer tells apart still rank
 UNVALIDATED = {  # a method's settings where no run validated one (the recipe starts its search from them)
     "name": "blend", "songs": {"model": 1.0, "itemknn": 1.0, "playlistknn": 1.0, "features": 0.25},
     "no_songs": {"playlistknn": 1.0, "features": 1.0}, "tags": {"title": 1.0, "songs": 0.0, "neighbours": 0.5},
+    "tags_no_title": {"title": 1.0, "songs": 0.0, "neighbours": 1.0},
     "itemknn": {"neighbours": 100, "shrink": 10.0},
     "playlistknn": {"neighbours": 300, "alpha": 0.5, "power": 1.0, "idf": 0.5},
     "fold_in": {"steps": continuation.FOLD_IN["steps"], "lr": continuation.FOLD_IN["lr"]}}
@@ -33,8 +36,8 @@ UNVALIDATED = {  # a method's settings where no run validated one (the recipe st
 def named_method(method, name):
     """The method `name` (one of METHODS) derived from a validated `method` (its neighbour and fold-in settings):
     "blend" is `method` itself; "model" its model scores alone (the features for a playlist without known songs,
-    title tags: no neighbour scores); "itemknn" and "playlistknn" that neighbour method alone; "pop" the most popular
-    songs and tags for every playlist."""
+    tags from its title words and tags: no neighbour scores); "itemknn" and "playlistknn" that neighbour method
+    alone; "pop" the most popular songs and tags for every playlist."""
     if name not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)} (got {name!r})")
     alone = {"model": ({"model": 1.0}, {"features": 1.0}, {"title": 1.0}),
@@ -44,12 +47,12 @@ def named_method(method, name):
     if name == "blend":
         return {**method, "name": "blend"}
     songs, no_songs, tags = alone[name]
-    return {**method, "name": name, "songs": songs, "no_songs": no_songs, "tags": tags}
+    return {**method, "name": name, "songs": songs, "no_songs": no_songs, "tags": tags, "tags_no_title": tags}
 
 
 def needs(method, scorer):
     """Whether `method` gives `scorer` a weight anywhere."""
-    return any(method[part].get(scorer) for part in ("songs", "no_songs", "tags"))
+    return any(method[part].get(scorer) for part in PARTS)
 
 
 class Scorers:
@@ -100,18 +103,18 @@ class Scorers:
         prepared = self.prepare(playlists, self.say and progress_line(self.say, "neighbours"))
         timings["prepare_seconds"] = time.perf_counter() - started
         answered = self.say and progress_line(self.say, "answered")
-        top_songs, top_scores, top_tags = [], [], []
+        songs, scores, tags = [], [], []
         for begin in range(0, len(playlists), CHUNK_ROWS):
             rows = torch.arange(begin, min(begin + CHUNK_ROWS, len(playlists)))
-            songs, scores, tags = top_lists(prepared, rows, self.method, k_songs=k_songs, k_tags=k_tags)
-            top_songs.append(songs)
-            top_scores.append(scores)
-            top_tags.append(tags)
+            best, best_scores = top_songs(prepared, rows, self.method, k=k_songs)
+            songs.append(best)
+            scores.append(best_scores)
+            tags.append(top_tags(prepared, rows, self.method, k=k_tags))
             if answered:
                 answered(int(rows[-1]) + 1, len(playlists))
-        top_songs, top_scores, top_tags = torch.cat(top_songs), torch.cat(top_scores), torch.cat(top_tags)
+        songs, scores, tags = torch.cat(songs), torch.cat(scores), torch.cat(tags)
         timings["answer_seconds"] = time.perf_counter() - started
-        return self.as_results(playlists, top_songs, top_tags), top_songs, top_scores, prepared.unknown
+        return self.as_results(playlists, songs, tags), songs, scores, prepared.unknown
 
     def as_results(self, playlists, top_songs, top_tags):
         """results.json entries of `playlists` from top song and tag indices."""
@@ -130,6 +133,8 @@ class Prepared:
         self.users = torch.tensor(scorers.base.user_index.get_indexer([p["id"] for p in playlists]),
                                   dtype=torch.int64)
         self.has_songs = self.indptr.diff() > 0
+        self.has_title = torch.tensor([bool(continuation.title_words(p["plylst_title"])) for p in playlists],
+                                      dtype=torch.bool)
         self.features = scorers.vocabulary.features([p["tags"] for p in playlists],
                                                     [p["plylst_title"] for p in playlists])
         self.neighbours = self.nearest(progress) if scorers.by_songs is not None else None
@@ -211,19 +216,24 @@ def blended(scores, weights, popularity):
     return total
 
 
-def top_lists(prepared, rows, method, song_scores=None, tag_scores=None, k_songs=ARENA_SONGS, k_tags=ARENA_TAGS):
-    """(top songs [rows, k_songs], their scores, top tags [rows, k_tags]) of the playlists `rows` by `method`, never
-    one a playlist holds; `song_scores`, `tag_scores`: the scorers' scores of these rows when already computed."""
+def top_songs(prepared, rows, method, song_scores=None, k=ARENA_SONGS):
+    """(top songs [rows, k], their scores) of the playlists `rows` by `method`, never one a playlist holds;
+    `song_scores`: the scorers' scores of these rows when already computed."""
     s = prepared.scorers
     song_scores = prepared.song_scores(rows) if song_scores is None else song_scores
-    tag_scores = prepared.tag_scores(rows) if tag_scores is None else tag_scores
-    song_mask, tag_mask = prepared.own(rows)
-    has_songs = prepared.has_songs[rows][:, None]
-    songs = torch.where(has_songs, blended(song_scores, method["songs"], s.song_popularity),
+    songs = torch.where(prepared.has_songs[rows][:, None], blended(song_scores, method["songs"], s.song_popularity),
                         blended(song_scores, method["no_songs"], s.song_popularity))
-    tags = blended(tag_scores, method["tags"], s.tag_popularity)
-    top = songs.masked_fill_(song_mask, float("-inf")).topk(k_songs, dim=1)
-    return top.indices, top.values, tags.masked_fill_(tag_mask, float("-inf")).topk(k_tags, dim=1).indices
+    top = songs.masked_fill_(prepared.own(rows)[0], float("-inf")).topk(k, dim=1)
+    return top.indices, top.values
+
+
+def top_tags(prepared, rows, method, tag_scores=None, k=ARENA_TAGS):
+    """The top tags [rows, k] of the playlists `rows` by `method`, never one a playlist holds."""
+    s = prepared.scorers
+    tag_scores = prepared.tag_scores(rows) if tag_scores is None else tag_scores
+    tags = torch.where(prepared.has_title[rows][:, None], blended(tag_scores, method["tags"], s.tag_popularity),
+                       blended(tag_scores, method["tags_no_title"], s.tag_popularity))
+    return tags.masked_fill_(prepared.own(rows)[1], float("-inf")).topk(k, dim=1).indices
 
 
 def progress_line(say, what, every=10.0):

@@ -96,7 +96,7 @@ def chosen_method(checkpoint, args):
            else f"--method, with the {'validated' if recorded else 'default (no validated method in the checkpoint)'} "
                 f"settings")
     weights = "; ".join(f"{part} " + ", ".join(f"{k} {w:g}" for k, w in method[part].items() if w)
-                        for part in ("songs", "no_songs", "tags") if method[part])
+                        for part in blend.PARTS if method[part])
     print(f"method: {method['name']} ({how}){': ' + weights if weights else ''}")
     return method
 

@@ -116,30 +116,33 @@ class Judge:
         return arena_score(results, self.validation.answers, "validation results")
 
     def search(self, method, model, say):
-        """`method` with the weights of its song and tag scorers chosen by coordinate ascent over WEIGHTS (two
-        passes), each part (songs of playlists with known songs, without, tags) on its own nDCG."""
+        """`method` with the weights of its scorers chosen by coordinate ascent over WEIGHTS (two passes), each part
+        (blend.PARTS) on its own nDCG: songs over the questions with known songs, and without; tags over the
+        questions with a title, and over the same questions with their titles removed."""
         scorers = blend.Scorers(self.validation.data, self.validation.vocabulary, method, model, fitted=self.fitted)
-        prepared = scorers.prepare(self.validation.questions)
-        rows = torch.arange(len(self.validation.questions))
-        song_scores, tag_scores = prepared.song_scores(rows), prepared.tag_scores(rows)
-        method = {**method, "songs": dict(method["songs"]), "no_songs": dict(method["no_songs"]),
-                  "tags": dict(method["tags"])}
-        if model is None:
-            method["songs"]["model"] = 0.0
-        has_songs = prepared.has_songs.numpy()
-        parts = {"songs": ("songs", has_songs), "no_songs": ("songs", ~has_songs), "tags": ("tags", None)}
-        for _ in range(2):
-            for part, (field, mask) in parts.items():
-                for scorer in [s for s in method[part] if model is not None or s != "model"]:
-                    def value(weight):
-                        trial = {**method, part: {**method[part], scorer: weight}}
-                        songs, _, tags = blend.top_lists(prepared, rows, trial, song_scores, tag_scores)
-                        return self.ndcg(scorers, songs if field == "songs" else tags, field, mask)
+        questions = self.validation.questions
+        prepared = scorers.prepare(questions)
+        untitled = scorers.prepare([{**q, "plylst_title": ""} for q in questions])
+        rows = torch.arange(len(questions))
+        song_scores = prepared.song_scores(rows)
+        tag_scores = {"tags": prepared.tag_scores(rows), "tags_no_title": untitled.tag_scores(rows)}
+        has_songs, has_title = prepared.has_songs.numpy(), prepared.has_title.numpy()
 
-                    best = max(WEIGHTS, key=value)
-                    method[part][scorer] = best
-            say(f"  weights: songs {method['songs']}, without known songs {method['no_songs']}, tags "
-                f"{method['tags']}")
+        def value(part, trial):
+            if part in ("songs", "no_songs"):
+                top, _ = blend.top_songs(prepared, rows, trial, song_scores)
+                return self.ndcg(scorers, top, "songs", has_songs if part == "songs" else ~has_songs)
+            which = prepared if part == "tags" else untitled
+            return self.ndcg(scorers, blend.top_tags(which, rows, trial, tag_scores[part]), "tags",
+                             has_title if part == "tags" else None)
+
+        method = {**method, **{part: dict(method[part]) for part in blend.PARTS}}
+        for _ in range(2):
+            for part in blend.PARTS:
+                for scorer in method[part]:
+                    method[part][scorer] = max(WEIGHTS, key=lambda weight: value(
+                        part, {**method, part: {**method[part], scorer: weight}}))
+            say("  weights: " + "; ".join(f"{part} {method[part]}" for part in blend.PARTS))
         return method
 
     def ndcg(self, scorers, top, field, mask):
