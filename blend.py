@@ -20,7 +20,7 @@ from utils import InputError
 
 SONG_SCORERS = ("model", "itemknn", "playlistknn", "features")
 TAG_SCORERS = ("title", "songs", "neighbours")
-METHODS = ("blend", "model", "itemknn", "playlistknn", "pop")
+METHODS = ("blend", "model", "neighbours", "itemknn", "playlistknn", "pop")
 PARTS = ("songs", "no_songs", "tags", "tags_no_title")  # a method's weights: songs of playlists with known songs,
 # of those without, tags of playlists with a title, of those without
 TIE_BREAK = 1e-3  # weight of standardised popularity, so that rows no scorer tells apart still rank
@@ -36,8 +36,8 @@ UNVALIDATED = {  # a method's settings where no run validated one (the recipe st
 def named_method(method, name):
     """The method `name` (one of METHODS) derived from a validated `method` (its neighbour and fold-in settings):
     "blend" is `method` itself; "model" its model scores alone (the features for a playlist without known songs,
-    tags from its title words and tags: no neighbour scores); "itemknn" and "playlistknn" that neighbour method
-    alone; "pop" the most popular songs and tags for every playlist."""
+    tags from its title words and tags: no neighbour scores); "neighbours" the blend without the model; "itemknn"
+    and "playlistknn" that neighbour method alone; "pop" the most popular songs and tags for every playlist."""
     if name not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)} (got {name!r})")
     alone = {"model": ({"model": 1.0}, {"features": 1.0}, {"title": 1.0}),
@@ -46,6 +46,8 @@ def named_method(method, name):
              "pop": ({}, {}, {})}
     if name == "blend":
         return {**method, "name": "blend"}
+    if name == "neighbours":
+        return {**method, "name": name, "songs": {**method["songs"], "model": 0.0}}
     songs, no_songs, tags = alone[name]
     return {**method, "name": name, "songs": songs, "no_songs": no_songs, "tags": tags, "tags_no_title": tags}
 

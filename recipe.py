@@ -74,8 +74,8 @@ def carve(data, user_tags, titles, seed=0):
         kept_tags[user] = question.get("tags", [])
     reduced = cut_to_questions(data, users, [pd.Index(item_ids).get_indexer(q["songs"]) for q in questions])
     return Validation(reduced, continuation.Vocabulary(reduced, None, kept_tags, titles),
-                      [{"id": q["id"], "songs": q["songs"], "tags": q.get("tags", []), "plylst_title": q.get("plylst_title", "")}
-                       for q in questions], answers)
+                      [{"id": q["id"], "songs": q["songs"], "tags": q.get("tags", []),
+                        "plylst_title": q.get("plylst_title", "")} for q in questions], answers)
 
 
 def cut_to_questions(data, users, songs):
@@ -234,7 +234,7 @@ def choose(validation, args, say):
         f"{score:.4f} trained)")
     method = judge.search(method, model, say)
     record["methods"] = {name: dict(zip(("song", "tag", "score"), judge.score(blend.named_method(method, name), model)))
-                         for name in ("blend", "model", "itemknn", "playlistknn")}
+                         for name in ("blend", "model", "neighbours", "itemknn", "playlistknn")}
     say("validation: " + ", ".join(f"{name} {r['score']:.4f}" for name, r in record["methods"].items()))
     return method, config, state, record
 

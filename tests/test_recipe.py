@@ -46,7 +46,7 @@ def test_the_chosen_method_is_recorded_and_answers_by_default(tmp_path, monkeypa
     method = checkpoint["continuation"]
     assert method == results["continuation"] and method["name"] == "blend"
     assert results["choices"]["model"]["epochs"] == checkpoint["epoch"]
-    assert set(results["choices"]["methods"]) == {"blend", "model", "itemknn", "playlistknn"}
+    assert set(results["choices"]["methods"]) == {"blend", "model", "neighbours", "itemknn", "playlistknn"}
     questions = load(data_dir / "ar.questions.json")
     submitted = load(tmp_path / "run" / "submission.json")
     assert [r["id"] for r in submitted] == [q["id"] for q in questions]
