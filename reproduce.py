@@ -26,7 +26,8 @@ from utils import PINNED_NUMERICS, Parser, run_cli
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the commands run here
 ML1M = "--data_dir ../shared/data/ncf-ml-1m --dataset ml-1m"
 LASTFM = "../shared/data/lastfm-hetrec2011/user_artists.dat"
-SYNTHETIC = {"sample": "synthetic.py --out data/sample", "melon_syn": "synthetic.py --scale melon --out data/melon_syn"}
+SYNTHETIC = {"sample": "synthetic.py --out data/sample", "melon_syn": "synthetic.py --scale melon --out data/melon_syn",
+             "seed11": "synthetic.py --out data/seed11 --seed 11"}  # seed11: a second sample, drawn with seed 11
 SPLITS = {  # dataset -> the split.py command that makes it in data/ (commands joined by && run in turn)
     "lastfm_random": f"split.py --input {LASTFM} --out_dir data --name lastfm_random --test_item random",
     "lastfm_val": f"split.py --input {LASTFM} --out_dir data --name lastfm_val --test_item random --val",
@@ -89,8 +90,8 @@ def large_batch(batch, lr, betas, negatives, dense, readme):
 
 
 def arena(scale, command, readme="", then=""):
-    """An experiment of the Kakao Arena task on the local Arena split of the synthetic data at `scale` (sample or
-    melon): `command` with {arena} for the split's flags and {questions} for --continue's; readme: song nDCG@100 /
+    """An experiment of the Kakao Arena task on the local Arena split of the synthetic data at `scale` (sample,
+    melon or seed11): `command` with {arena} for the split's flags and {questions} for --continue's; readme: song nDCG@100 /
     tag nDCG@10 / score."""
     data = f"--data_dir data --dataset {scale}_arena"
     questions = f"--continue data/{scale}_arena.questions.json --answers data/{scale}_arena.answers.json"
@@ -116,17 +117,27 @@ ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULT
     "arena-melon-itemknn": arena("melon", "evaluate.py --baseline itemknn {arena} {questions}",
                                  "0.2953 / 0.5908 / 0.3396"),
     **{f"arena-{scale}-recipe": arena(scale, "main.py --recipe arena {arena}", figure)
-       for scale, figure in (("sample", ""), ("melon", ""))},
+       for scale, figure in (("sample", "0.2226 / 0.6015 / 0.2795"), ("melon", ""))},
     **{f"arena-{scale}-recipe-{method}": arena(  # the recipe, then its checkpoint answering by one method alone
         scale, "main.py --recipe arena {arena}", figure,
         then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/" + method + ".json --method "
              + method)
-       for scale, method, figure in (("sample", "model", ""), ("sample", "playlistknn", ""), ("melon", "model", ""),
+       for scale, method, figure in (("sample", "model", "0.2148 / 0.6003 / 0.2727"),
+                                     ("sample", "neighbours", "0.2208 / 0.6015 / 0.2779"),
+                                     ("sample", "playlistknn", "0.2142 / 0.5508 / 0.2647"), ("melon", "model", ""),
                                      ("melon", "playlistknn", ""))},
-    "arena-melon-recipe-foldin-all": arena(
-        "melon", "main.py --recipe arena {arena}", "",
+    **{f"arena-{scale}-recipe-foldin-all": arena(  # every question folded into the recipe's model
+        scale, "main.py --recipe arena {arena}", figure,
         then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/folded.json --method model "
-             "--fold_in all"),
+             "--fold_in all")
+       for scale, figure in (("sample", "0.1987 / 0.6003 / 0.2590"), ("melon", ""))},
+    "arena-seed11-itemknn": arena("seed11", "evaluate.py --baseline itemknn {arena} {questions}",
+                                  "0.2146 / 0.5513 / 0.2651"),
+    "arena-seed11-recipe": arena("seed11", "main.py --recipe arena {arena}", "0.2186 / 0.5669 / 0.2708"),
+    "arena-seed11-recipe-playlistknn": arena(
+        "seed11", "main.py --recipe arena {arena}", "0.2113 / 0.5388 / 0.2605",
+        then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/playlistknn.json --method "
+             "playlistknn"),
 }
 
 
