@@ -18,15 +18,8 @@ from utils import InputError
 from tests.test_continuation import load, run_evaluate
 
 
-@pytest.fixture(autouse=True)
-def small_recipe(monkeypatch):
-    """The recipe's searches cut down to what a test can afford."""
-    monkeypatch.setattr(recipe, "MODELS", ({"model": "mf", "latent_dim_mf": 8, "num_neg": 4, "lr": 0.01},))
-    monkeypatch.setattr(recipe, "EPOCHS", 2)
-    monkeypatch.setattr(recipe, "EVAL_EVERY", 1)
-    monkeypatch.setattr(recipe, "PLAYLISTKNN_GRID", recipe.PLAYLISTKNN_GRID[:2])
-    monkeypatch.setattr(recipe, "FOLD_IN_STEPS", (5, 20))
-    monkeypatch.setattr(recipe, "WEIGHTS", (0.0, 1.0))
+SMALL = {"MODELS": ({"model": "mf", "latent_dim_mf": 8, "num_neg": 4, "lr": 0.01},), "EPOCHS": 2, "EVAL_EVERY": 1,
+         "PLAYLISTKNN_GRID": recipe.PLAYLISTKNN_GRID[:2], "FOLD_IN_STEPS": (5, 20), "WEIGHTS": (0.0, 1.0)}
 
 
 def arena_split(root):
@@ -36,54 +29,74 @@ def arena_split(root):
 
 
 def run_recipe(data_dir, save_dir):
-    main.main(["--recipe", "arena", "--data_dir", str(data_dir), "--dataset", "ar", "--save_dir", str(save_dir)])
+    """main.py --recipe arena with the recipe's searches cut down to what a test can afford."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in SMALL.items():
+            patch.setattr(recipe, name, value)
+        main.main(["--recipe", "arena", "--data_dir", str(data_dir), "--dataset", "ar", "--save_dir", str(save_dir)])
     return torch.load(save_dir / "best.pt", weights_only=True), load(save_dir / "results.json")
 
 
-def test_the_chosen_method_is_recorded_and_answers_by_default(tmp_path, monkeypatch, capsys):
-    data_dir = arena_split(tmp_path)
-    checkpoint, results = run_recipe(data_dir, tmp_path / "run")
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory):
+    """(data directory, run directory) of a small Arena split and the recipe run on it."""
+    root = tmp_path_factory.mktemp("recipe")
+    data_dir = arena_split(root)
+    run_recipe(data_dir, root / "run")
+    return data_dir, root / "run"
+
+
+def test_the_chosen_method_is_recorded_and_answers_by_default(recipe_run, tmp_path, monkeypatch, capsys):
+    data_dir, run = recipe_run
+    checkpoint, results = torch.load(run / "best.pt", weights_only=True), load(run / "results.json")
     method = checkpoint["continuation"]
     assert method == results["continuation"] and method["name"] == "blend"
     assert results["choices"]["model"]["epochs"] == checkpoint["epoch"]
     assert set(results["choices"]["methods"]) == {"blend", "model", "neighbours", "itemknn", "playlistknn"}
     questions = load(data_dir / "ar.questions.json")
-    submitted = load(tmp_path / "run" / "submission.json")
+    submitted = load(run / "submission.json")
     assert [r["id"] for r in submitted] == [q["id"] for q in questions]
     capsys.readouterr()
 
-    code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", tmp_path / "run" / "best.pt", "--continue",
+    code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", run / "best.pt", "--continue",
                                 data_dir / "ar.questions.json", "--out", tmp_path / "again.json", "--answers",
                                 data_dir / "ar.answers.json")
     assert code == 0 and out.startswith("method: blend (validated by main.py --recipe arena)")
     assert load(tmp_path / "again.json") == submitted
     assert out.splitlines()[-1].endswith(f"score {results['arena']['score']:.4f}")
-    code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", tmp_path / "run" / "best.pt", "--continue",
+    code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", run / "best.pt", "--continue",
                                 data_dir / "ar.questions.json", "--out", tmp_path / "model.json", "--method", "model")
     assert code == 0 and out.startswith("method: model (--method, with the validated settings): songs model 1;")
     assert load(tmp_path / "model.json") != submitted
+    code, _, err = run_evaluate(monkeypatch, capsys, "--checkpoint", run / "best.pt", "--method", "model")
+    assert code == 2 and "--method goes with --continue or --playlist" in err
 
 
-def test_the_scored_answers_play_no_part_in_any_choice(tmp_path):
-    data_dir = arena_split(tmp_path)
-    first, first_results = run_recipe(data_dir, tmp_path / "first")
-    answers = load(data_dir / "ar.answers.json")
+def test_the_scored_answers_play_no_part_in_any_choice(recipe_run, tmp_path):
+    data_dir, first_run = recipe_run
+    first, first_results = torch.load(first_run / "best.pt", weights_only=True), load(first_run / "results.json")
+    path = data_dir / "ar.answers.json"
+    original = path.read_text()
+    answers = json.loads(original)
     questions = {q["id"]: q for q in load(data_dir / "ar.questions.json")}
     songs = sorted({s for q in questions.values() for s in q["songs"]})
     for answer in answers:  # other songs and tags than the playlist's own, all of them wrong
         answer["songs"] = [s for s in songs if s not in questions[answer["id"]]["songs"]][:5]
         answer["tags"] = ["not a tag"]
-    (data_dir / "ar.answers.json").write_text(json.dumps(answers))
-    second, second_results = run_recipe(data_dir, tmp_path / "second")
+    path.write_text(json.dumps(answers))
+    try:
+        second, second_results = run_recipe(data_dir, tmp_path / "second")
+    finally:
+        path.write_text(original)
     assert second["continuation"] == first["continuation"]
     assert second_results["choices"] == first_results["choices"]
     assert all(torch.equal(second["model"][k], first["model"][k]) for k in first["model"])
-    assert load(tmp_path / "second" / "submission.json") == load(tmp_path / "first" / "submission.json")
+    assert load(tmp_path / "second" / "submission.json") == load(first_run / "submission.json")
     assert second_results["arena"]["score"] < first_results["arena"]["score"]
 
 
-def test_validation_questions_are_carved_from_training_playlists_only(tmp_path):
-    data_dir = arena_split(tmp_path)
+def test_validation_questions_are_carved_from_training_playlists_only(recipe_run):
+    data_dir, _ = recipe_run
     data = dataloader.load(str(data_dir), "ar")
     tags, titles = continuation.split_tags(data, str(data_dir))
     validation = recipe.carve(data, tags, titles)
