@@ -35,6 +35,7 @@ TOP_TAGS = 50  # the fewest entries a row keeps
 FEATURE_WEIGHT = 0.0  # songs of a playlist with known songs: z(song scores) + FEATURE_WEIGHT x z(P(song | features))
 FOLD_IN = {"steps": 20, "lr": 0.05, "num_neg": 4, "seed": 0}  # chosen on a second Arena split of the sample (seed 1)
 CHUNK_ROWS = 1024  # playlists answered together: [CHUNK_ROWS, songs] float scores
+FOLD_IN_CHUNK = 1 << 16  # known songs whose fold-in loss is differentiated at once (their candidates' vectors held)
 
 
 def title_words(title):
@@ -194,12 +195,17 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
         score = folded.candidate_scorer()
         for _ in range(steps):
             negatives = torch.randint(num_items, (len(songs), num_neg), generator=generator, device=device)
-            loss = F.binary_cross_entropy_with_logits(score(rows, torch.cat([songs[:, None], negatives], 1)), labels)
+            candidates = torch.cat([songs[:, None], negatives], 1)
             optimizer.zero_grad()
-            loss.backward()
+            loss = 0.0
+            for part in torch.arange(len(songs), device=device).split(FOLD_IN_CHUNK):  # the mean loss's gradient,
+                part_loss = F.binary_cross_entropy_with_logits(  # a chunk of songs at a time (bounded memory)
+                    score(rows[part], candidates[part]), labels[part], reduction="sum") / labels.numel()
+                part_loss.backward()
+                loss += part_loss.item()
             optimizer.step()
             if losses is not None:
-                losses.append(loss.item())
+                losses.append(loss)
     finally:
         for p in frozen:
             p.requires_grad_(True)
