@@ -213,9 +213,9 @@ def check_memory(args, data, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.recipe == "arena":
-        return recipe.run(args)
     given = given_flags(argv)
+    if args.recipe == "arena":
+        return recipe.run(args, given)
     checkpoint = resume(args, given) if args.resume else None  # first: the checkpoint's --gpu chooses the device
     gpus = gpu_indices(args.gpu)
     if gpus and len(gpus) > 1 and not distributed.launched() and torch.cuda.is_available():

@@ -34,6 +34,8 @@ MAX_VALIDATION = 2000  # validation questions at most (the search holds their sc
 MODELS = ({"model": "mf", "latent_dim_mf": 64, "num_neg": 4, "lr": 0.002},
           {"model": "mf", "latent_dim_mf": 128, "num_neg": 4, "lr": 0.002})
 EPOCHS = 20
+CHOSEN_FLAGS = ("model", "latent_dim_mf", "num_layers", "num_neg", "lr", "epochs", "patience", "eval", "resume",
+                "pretrain", "pretrain_gmf", "pretrain_mlp", "gpu")  # main.py's flags the recipe sets, or has no use for
 EVAL_EVERY = 2  # epochs between validation scores; training stops after two without a better one
 PLAYLISTKNN_GRID = ({"neighbours": 100, "alpha": 0.5, "power": 1.0, "idf": 0.0},
                     {"neighbours": 300, "alpha": 0.5, "power": 1.0, "idf": 0.0},
@@ -269,9 +271,13 @@ def continue_split(model, data, data_dir, method, save_dir, say):
     return record
 
 
-def run(args):
+def run(args, given=()):
     """main.py --recipe arena: choose on carved validation questions, save best.pt (the model, its config and the
-    method), answer the split's questions, write results.json."""
+    method), answer the split's questions, write results.json. `given`: the flags on the command line, none of
+    which may be one the recipe chooses or cannot honour (CHOSEN_FLAGS)."""
+    chosen = [flag for flag in CHOSEN_FLAGS if flag in given]
+    if chosen:
+        raise InputError(f"--recipe arena chooses --{chosen[0]} itself (or does not use it): leave it out")
     torch.set_num_threads(args.threads)
     args.dataset = args.dataset or dataloader.default_dataset(args.data_dir)
     data = dataloader.load(args.data_dir, args.dataset)

@@ -131,6 +131,14 @@ def test_fold_in_loss_falls_for_mf():
     assert (scores.topk(10).indices // 15 == 2).all()
 
 
+def test_flags_the_recipe_chooses_are_refused(recipe_run, tmp_path):
+    data_dir, _ = recipe_run
+    with pytest.raises(InputError, match="--recipe arena chooses --epochs itself"):
+        main.main(["--recipe", "arena", "--data_dir", str(data_dir), "--dataset", "ar", "--epochs", "3",
+                   "--save_dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_split_without_questions_is_refused(tmp_path):
     root = tmp_path
     train_json, _ = synthetic.generate(str(root / "raw"), playlists=200, songs=300, seed=5)
