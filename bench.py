@@ -31,11 +31,11 @@ import main
 import split
 import synthetic
 from arena import read_questions
-from model import ModelConfig, build_model
-from optim import make_step, uses_sparse_updates
+from model import ModelConfig, build_model, scorer_agrees
+from optim import fused_step_agrees
 from runs import load_checkpoint, model_from_checkpoint
 from scoring import full_ranks, sampled_ranks
-from training import Position, epoch_size, train_epoch
+from training import Position, epoch_size, make_step, train_epoch, uses_sparse_updates
 from utils import InputError, Parser, atomic_open, cpu_name, run_cli
 
 
@@ -178,6 +178,15 @@ def parse_flags():
     return own, rest
 
 
+def check_figures(model, args, sparse, device):
+    """Seconds the start of a run spends checking its fast paths against the model's forward: the fused step's
+    check (make_step) and the scorer's (scoring.py, once per model)."""
+    betas = (args.beta1, args.beta2)
+    _, fused = timed(device, lambda: fused_step_agrees(model, args.optim, args.lr, betas, args.l2, sparse))
+    _, scorer = timed(device, lambda: scorer_agrees(model))
+    return {"fused_step_check_seconds": fused, "scorer_check_seconds": scorer}
+
+
 def evaluation_figures(model, data, device, full_users):
     """Seconds to rank every test user's held-out item among its sampled candidates, and with `full_users` among
     every item for that many users (per 1,000, and extrapolated to all)."""
@@ -226,6 +235,7 @@ def bench():
     torch.manual_seed(args.seed)
     sparse = uses_sparse_updates(args, device)
     model = build_model(ModelConfig.of(args), data.num_users, data.num_items, sparse).to(device)
+    figures.update(check_figures(model, args, sparse, device))
     train_step = make_step(model, args, sparse, ctx)
     samples = epoch_size(data, args)
 

@@ -25,6 +25,7 @@ from torch import nn
 from dataloader import csr_rows, row_ids
 import baselines
 from arena import ARENA_SONGS, ARENA_TAGS, arena_score, check_arena_results, read_questions, write_results
+from model import checked_scorer
 from utils import InputError, read_json
 
 TAG_METHODS = ("popular", "title", "songs", "songs+title", "songs+title+recommended")
@@ -192,7 +193,7 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
     for p in frozen:
         p.requires_grad_(False)
     try:
-        score = folded.candidate_scorer()
+        score = checked_scorer(folded)
         for _ in range(steps):
             negatives = torch.randint(num_items, (len(songs), num_neg), generator=generator, device=device)
             candidates = torch.cat([songs[:, None], negatives], 1)
@@ -333,7 +334,7 @@ def model_songs(model, num_items, fold_in_all=False, timings=None, fold_in_setti
         if timings is not None:
             timings.update(fold_in_seconds=time.perf_counter() - started, folded_in=len(rows))
         with torch.no_grad():
-            trained, folded_score = model.candidate_scorer(), folded.candidate_scorer() if folded else None
+            trained, folded_score = checked_scorer(model), checked_scorer(folded) if folded else None
 
         @torch.no_grad()
         def scores_for(positions):

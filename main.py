@@ -28,11 +28,11 @@ import recipe
 from arena import arena_line
 from catalog import item_names
 from model import MODELS, ModelConfig, build_model, load_pretrained, model_size
-from optim import OPTIMIZERS, make_step, uses_sparse_updates
+from optim import FUSED_OPTIMIZERS, OPTIMIZERS
 from runs import (RESUMABLE_FLAGS, SaveDir, check_split_unchanged, compact, load_checkpoint,
                   load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint)
 from scoring import recommend, score
-from training import Diverged, Position, Stopped, epoch_size, train_epoch
+from training import Diverged, Position, Stopped, epoch_size, make_step, train_epoch, uses_sparse_updates
 from utils import InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
 from wandb_log import WANDB_PROJECT, log_epoch, start_wandb
 
@@ -64,6 +64,10 @@ def build_parser():
                    help="update only the embedding rows in each batch (lazy Adam; with --l2 0 and adam, sgd or "
                         "adagrad); --no-sparse: the seed's dense update of every row at every step (default: "
                         "sparse on the CPU, dense on CUDA, where it is faster)")
+    p.add_argument("--step", choices=["fused", "autograd"], default=None,
+                   help="the training step: fused (gradients derived by hand; adam, sgd) or autograd (through the "
+                        "model's forward); default: fused where one step of it agrees with autograd on a small batch "
+                        "(checked at start), else autograd, with a line saying so")
     p.add_argument("--gpu", default="0", help="CUDA index, or a list like 2,3 (one process per GPU), or cpu")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--topk", type=int, default=10, help="K of HR@K and NDCG@K")
@@ -142,6 +146,8 @@ def parse_args(argv=None):
     for flag in ("beta1", "beta2"):
         if not 0 <= getattr(args, flag) < 1:
             p.error(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    if args.step == "fused" and ({args.optim, args.finetune_optim or args.optim} - set(FUSED_OPTIMIZERS) or args.amp):
+        p.error(f"--step fused needs --optim (and --finetune_optim) {' or '.join(FUSED_OPTIMIZERS)}, without --amp")
     if (args.pretrain_gmf or args.pretrain_mlp) and (args.model != "neumf" or not (args.pretrain_gmf and args.pretrain_mlp)):
         p.error("--pretrain_gmf and --pretrain_mlp go together, with --model neumf")
     if args.pretrain and (args.model != "neumf" or args.pretrain_gmf or args.resume):
@@ -442,10 +448,11 @@ class Outputs:
     the checkpoints (best.pt, last.pt) and, at the end, results.json and results.md."""
 
     def __init__(self, args, data, model, train_step, checkpoint, provenance, sparse):
-        self.args, self.data, self.model, self.train_step, self.provenance = args, data, model, train_step, provenance
+        self.args, self.data, self.model, self.train_step = args, data, model, train_step
+        self.provenance = dict(provenance, step=train_step.name)  # the step used: --step's choice or the check's
         self.sparse = sparse
         os.makedirs(args.save_dir, exist_ok=True)
-        self.run = start_wandb(args, data, checkpoint["wandb_id"] if checkpoint else None, provenance)
+        self.run = start_wandb(args, data, checkpoint["wandb_id"] if checkpoint else None, self.provenance)
         self.catalog = item_names(data.meta, range(data.num_items))
         self.columns = ["epoch", "playlist", "rank", "song_id", "score"] + [f for f in self.catalog[0] if f != "id"]
         self.recommendations = checkpoint.get("recommendations", []) if checkpoint else []  # the best epoch's

@@ -1,5 +1,12 @@
 """GMF, MLP and NeuMF (He et al., Neural Collaborative Filtering, WWW 2017), plain matrix factorisation as the
-baseline (Rendle et al. 2020), and loading pretrained GMF/MLP into NeuMF."""
+baseline (Rendle et al. 2020), and loading pretrained GMF/MLP into NeuMF.
+
+A model's forward is its definition. Its candidate_scorer (the first MLP layer split between users and items) is
+an optimisation of it: checked_scorer uses it where it gives forward's logits on a few users, checked once per model
+instance, else forward_scorer, which runs forward on every (user, item) pair.
+"""
+import copy
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -160,6 +167,90 @@ class MF(nn.Module):
             return products + self.user_bias(users) + per_item(self.item_bias.weight[:, 0], items) + self.bias
 
         return score
+
+
+def matches(actual, expected, tolerance=1e-4, norm=float("inf")):
+    """Whether tensor `actual` equals `expected` within `tolerance` of expected's size, both measured by the vector
+    norm `norm` (by default the largest magnitude): equal up to float32 round-off of the same sums taken in another
+    order."""
+    if actual.shape != expected.shape or not expected.numel():
+        return actual.shape == expected.shape
+    error = torch.linalg.vector_norm(actual - expected, norm)
+    return bool(error <= tolerance * torch.linalg.vector_norm(expected, norm))
+
+
+def table_rows(model):
+    """(users, items): the rows of the model's user and item embedding tables."""
+    users = next(getattr(model, name) for name in ("user_gmf", "user_mlp", "user_bias") if hasattr(model, name))
+    items = next(getattr(model, name) for name in ("item_gmf", "item_mlp", "item_bias") if hasattr(model, name))
+    return users.num_embeddings, items.num_embeddings
+
+
+def small_copy(model, rows=64):
+    """A deep copy of `model` whose embedding tables hold only their first `rows` rows: the same code on less data,
+    for checks."""
+    memo = {}
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            memo[id(module)] = nn.Embedding.from_pretrained(module.weight[:rows].detach().clone(), sparse=module.sparse,
+                                                            freeze=not module.weight.requires_grad)
+    return copy.deepcopy(model, memo)
+
+
+def forward_scorer(model, block_pairs=1 << 16):
+    """A scorer with candidate_scorer's contract through forward itself: (users [rows], items [rows, candidates] or
+    None for every item) -> logits [rows, candidates], forward run on every (user, item) pair, `block_pairs` pairs
+    at a time."""
+    num_items = table_rows(model)[1]
+
+    def score(users, items=None):
+        if items is None:
+            items = torch.arange(num_items, device=users.device).expand(len(users), num_items)
+        pair_users, pair_items = users[:, None].expand_as(items).reshape(-1), items.reshape(-1)
+        blocks = [model(pair_users[begin:begin + block_pairs], pair_items[begin:begin + block_pairs])
+                  for begin in range(0, len(pair_items), block_pairs)]
+        return torch.cat(blocks).view(items.shape) if blocks else torch.zeros(items.shape, device=items.device)
+
+    return score
+
+
+def scorer_agrees(model, users=3, candidates=16, tolerance=1e-4):
+    """(agrees, why not): whether model.candidate_scorer() gives forward's logits (within `tolerance` of their
+    largest magnitude) for `users` random users on `candidates` random items each and on every item, on a
+    small_copy of the model in eval mode. The model and torch's random state are left as they were."""
+    device = next(model.parameters()).device
+    model = small_copy(model).eval()
+    num_users, num_items = table_rows(model)
+    generator = torch.Generator().manual_seed(0)
+    some_users = torch.randint(num_users, (users,), generator=generator).to(device)
+    items = torch.randint(num_items, (users, candidates), generator=generator).to(device)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            fast, forward = model.candidate_scorer(), forward_scorer(model)
+            for what, its_items in (("candidates", items), ("every item", None)):
+                if not matches(fast(some_users, its_items).float(), forward(some_users, its_items).float(),
+                               tolerance):
+                    return False, f"its logits of {what} differ"
+    except Exception as e:  # a scorer that cannot follow a changed model: any error means "disagrees"
+        return False, f"{type(e).__name__}: {e}"
+    return True, ""
+
+
+SCORER_AGREES = weakref.WeakKeyDictionary()  # model -> scorer_agrees' verdict on it
+
+
+def checked_scorer(model, say=print):
+    """model.candidate_scorer() where it agrees with the model's forward (scorer_agrees, once per model instance),
+    else forward_scorer(model), with one line saying so. A model without a forward of its own (the baselines) is
+    defined by its candidate_scorer."""
+    if type(model).forward is nn.Module.forward:
+        return model.candidate_scorer()
+    if model not in SCORER_AGREES:
+        SCORER_AGREES[model], why = scorer_agrees(model)
+        if not SCORER_AGREES[model]:
+            say(f"note: {type(model).__name__}.candidate_scorer disagrees with its forward ({why}): scoring through "
+                f"forward instead")
+    return model.candidate_scorer() if SCORER_AGREES[model] else forward_scorer(model)
 
 
 def build_model(config, num_users, num_items, sparse=False):

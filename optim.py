@@ -8,12 +8,15 @@ GMF, MLP, NeuMF and MF are derived by hand (mf_gradients, ncf_gradients; model.p
 they are tested against), and the update is a handful of operations on the batch's unique rows (lazy: rows
 outside the batch untouched) or on the whole table (dense, the seed's update), plus one on the flat buffer.
 AutogradStep is the plain path (autograd through model.py and a torch.optim optimizer, with LazyAdam for
-sparse gradients), for Adagrad, RMSprop and --amp. make_step builds the step main.py's flags ask for.
+sparse gradients), for Adagrad, RMSprop and --amp, and wherever the fused step disagrees with the model's forward:
+fused_step_agrees runs one step of each on copies of a model and compares them (training.make_step asks it).
 """
+import copy
+
 import torch
 import torch.nn.functional as F
 
-import distributed
+from model import matches, small_copy, table_rows
 
 FUSED_OPTIMIZERS = ("adam", "sgd")
 
@@ -174,6 +177,8 @@ class FusedStep:
     its ranks). Rebinds the model's parameters to views of its own storage (PackedTables, DenseParameters): build
     it after moving the model."""
 
+    name = "fused"  # --step's name for it
+
     def __init__(self, model, optim="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, l2=0.0, sparse=True, ctx=None,
                  batch_size=None):
         if optim not in FUSED_OPTIMIZERS or (sparse and l2):
@@ -208,15 +213,30 @@ class FusedStep:
     def __call__(self, users, items, labels, scale):
         """Train on one batch; `scale` weighs each sample's loss (1 / the global batch). Returns the batch's
         summed loss (a 0-d tensor)."""
-        ids = self.tables.pair_rows(users, items)
-        pairs = self.tables.weights.index_select(0, ids).view(len(users), 2 * self.tables.width)
-        row_grads, loss = self.gradients(self.tables, self.dense, pairs, labels, scale)
-        row_grads = row_grads.view(-1, self.tables.width)
+        loss, ids, row_grads = self.backward(users, items, labels, scale)
         if self.ctx is not None and self.ctx.world_size > 1:
             self.ctx.sum_(self.dense.grad)
             ids, row_grads = self.ctx.gather_sparse_rows(ids, row_grads, self.max_shard_rows)
         self.update(ids, row_grads)
         return loss
+
+    def backward(self, users, items, labels, scale):
+        """(the batch's summed loss, the packed rows' ids of its pairs [2 * batch], their gradients [2 * batch,
+        width]) on this rank; the dense parameters' gradient goes to self.dense.grad."""
+        ids = self.tables.pair_rows(users, items)
+        pairs = self.tables.weights.index_select(0, ids).view(len(users), 2 * self.tables.width)
+        row_grads, loss = self.gradients(self.tables, self.dense, pairs, labels, scale)
+        return loss, ids, row_grads.view(-1, self.tables.width)
+
+    def named_gradients(self, model, ids, row_grads):
+        """{name: gradient} of the parameters of `model` (the model this step packed) from backward's rows."""
+        table_grad = torch.zeros_like(self.tables.weights).index_add_(0, ids, row_grads)
+        grads = {}
+        for name, p in model.named_parameters():
+            table = name.removesuffix(".weight")
+            grads[name] = (table_grad[self.tables.rows[table], self.tables.columns[table]]
+                           if table in self.tables.rows else self.dense.grads[p].clone())
+        return grads
 
     def unique_rows(self, ids):
         """(rows, inverse) with rows[inverse] == ids and rows unique, in no particular order: like torch.unique,
@@ -274,6 +294,8 @@ class FusedStep:
 class AutogradStep:
     """A step through autograd: `trained` (the model, or its DistributedDataParallel wrapper) and a torch
     optimizer; bfloat16 autocast of the forward pass with `amp`."""
+
+    name = "autograd"
 
     def __init__(self, trained, optimizer, amp=False, world_size=1):
         self.trained, self.optimizer, self.amp, self.world_size = trained, optimizer, amp, world_size
@@ -334,27 +356,46 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adagrad": torch
 SPARSE_OPTIMIZERS = {"adam": LazyAdam, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
 
 
-def uses_sparse_updates(args, device, say=print):
-    """Whether the embeddings get sparse (lazy) updates: asked for (by default on the CPU), and the optimizer and
-    weight decay allow it."""
-    wanted = device.type != "cuda" if args.sparse is None else args.sparse
-    if wanted and (args.l2 > 0 or args.optim not in SPARSE_OPTIMIZERS):
-        if args.sparse:
-            say(f"note: dense embedding updates, as --optim {args.optim} with --l2 {args.l2} needs them")
-        return False
-    return wanted
-
-
-def make_step(model, args, sparse, ctx):
-    """The training step for `model` on every rank of `ctx`: FusedStep for Adam and SGD, autograd with a torch
-    optimizer for the others and for --amp."""
-    if args.optim in FUSED_OPTIMIZERS and not args.amp:
-        return FusedStep(model, args.optim, args.lr, (args.beta1, args.beta2), l2=args.l2, sparse=sparse, ctx=ctx,
-                         batch_size=args.batch_size)
-    trained = distributed.data_parallel(model, ctx, args.batch_size)
-    betas = {"betas": (args.beta1, args.beta2)} if args.optim == "adam" else {}
+def torch_optimizer(params, optim, lr, betas, l2, sparse):
+    """The torch optimizer --optim names for the autograd step (LazyAdam for Adam with `sparse` gradients)."""
+    betas = {"betas": betas} if optim == "adam" else {}
     if sparse:
-        optimizer = SPARSE_OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, **betas)
-    else:
-        optimizer = OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, weight_decay=args.l2, **betas)
-    return AutogradStep(trained, optimizer, args.amp, ctx.world_size)
+        return SPARSE_OPTIMIZERS[optim](params, lr=lr, **betas)
+    return OPTIMIZERS[optim](params, lr=lr, weight_decay=l2, **betas)
+
+
+def fused_step_agrees(model, optim="adam", lr=1e-3, betas=(0.9, 0.999), l2=0.0, sparse=True, pairs=64,
+                      tolerance=1e-4):
+    """(agrees, why not): whether one FusedStep on a copy of `model` gives the loss and gradients that autograd
+    through the model's forward gives on another copy, on `pairs` random samples in training mode, both on
+    small_copy(model): the part of the step derived from forward by hand. They agree within `tolerance` of their
+    largest magnitude (float32 sums taken in another order). The update that follows is the optimizer's own,
+    whatever forward is (tests/test_optim.py holds it to torch's), and checking it here would cost a second of
+    start-up (torch.optim's first optimizer imports torch._dynamo). A forward whose training-mode output is not
+    reproducible (dropout) disagrees. `model` and torch's random state are left as they were."""
+    device = next(model.parameters()).device
+    model = small_copy(model)
+    generator = torch.Generator().manual_seed(0)
+    num_users, num_items = table_rows(model)
+    users, items = (torch.randint(n, (pairs,), generator=generator).to(device) for n in (num_users, num_items))
+    labels = torch.randint(2, (pairs,), generator=generator).float().to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        by_autograd, by_fused = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+        with torch.no_grad():
+            if not torch.equal(by_autograd(users, items), by_autograd(users, items)):
+                return False, "its training-mode output is not reproducible (dropout?)"
+        expected = F.binary_cross_entropy_with_logits(by_autograd(users, items).float(), labels, reduction="sum")
+        (expected / pairs).backward()
+        try:
+            fused = FusedStep(by_fused, optim, lr, betas, l2=l2, sparse=sparse)
+            loss, ids, row_grads = fused.backward(users, items, labels, 1 / pairs)
+            grads = fused.named_gradients(by_fused, ids, row_grads)
+        except Exception as e:  # a model the fused step cannot pack or derive: any error means "disagrees"
+            return False, f"the fused step fails on it: {type(e).__name__}: {e}"
+    if not matches(loss, expected.detach(), tolerance):
+        return False, f"loss {loss.item():.6g}, forward's {expected.item():.6g}"
+    for name, p in by_autograd.named_parameters():
+        grad = torch.zeros_like(p) if p.grad is None else p.grad.to_dense()
+        if not matches(grads[name], grad, tolerance):
+            return False, f"the gradient of {name}"
+    return True, ""

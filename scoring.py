@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import dataloader
 from metrics import full_rank, held_out_rank, hit_ratio_from_ranks, ndcg_from_ranks
+from model import checked_scorer
 
 
 @contextmanager
@@ -27,7 +28,7 @@ def sampled_ranks(model, candidates, batch_pairs=1 << 13):
     rows_per_batch = max(1, batch_pairs // candidates.items.shape[1])
     ranks = []
     with evaluating(model):
-        score = model.candidate_scorer()
+        score = checked_scorer(model)
         for users, items in dataloader.batches([candidates.users, candidates.items], rows_per_batch):
             scores = score(users, items).float()
             # The NCF paper's ML-1M file lists some held-out items among their own negatives: not a negative.
@@ -42,7 +43,7 @@ def full_ranks(model, data, candidates, batch_pairs=1 << 20):
     rows_per_batch = max(1, batch_pairs // data.num_items)
     ranks = []
     with evaluating(model):
-        score = model.candidate_scorer()
+        score = checked_scorer(model)
         for users, held_out in dataloader.batches([candidates.users, candidates.items[:, 0]], rows_per_batch):
             scores = score(users).float()
             seen_indptr, seen_items = dataloader.csr_rows(data.seen_indptr, data.seen_items, users)
@@ -85,7 +86,7 @@ def recommend(model, data, user, k=10):
     """(items, scores): the k best-scored items for user index `user` among those it has no interaction with
     (training, validation or test), best first; fewer when fewer are left. Scores are the model's logits."""
     with evaluating(model):
-        scores = model.candidate_scorer()(torch.tensor([user], device=data.device))[0].float()
+        scores = checked_scorer(model)(torch.tensor([user], device=data.device))[0].float()
     own = torch.zeros(data.num_items, dtype=torch.bool, device=data.device)
     own[user_items(data, user)] = True
     top = scores.masked_fill(own, float("-inf")).topk(min(k, int((~own).sum())))

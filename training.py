@@ -1,8 +1,11 @@
-"""One epoch of training, and where a run stands between epochs and steps (what its checkpoints record).
+"""The training step a run uses, one epoch of training, and where a run stands between epochs and steps (what its
+checkpoints record).
 
-train_epoch draws an epoch's samples (dataloader.py), deals its global batches out across the ranks and feeds
-them to a training step (optim.py), logging the loss and honouring stop requests every --log_every steps;
-Position is the run's place: epochs done, steps and loss into the next one, steps in all, history and best.
+make_step builds the step the flags ask for (optim.py): the fused one where it agrees with the model's forward,
+else autograd through forward. train_epoch draws an epoch's samples (dataloader.py), deals its global batches out
+across the ranks and feeds them to the training step, logging the loss and honouring stop requests every
+--log_every steps; Position is the run's place: epochs done, steps and loss into the next one, steps in all,
+history and best.
 """
 import math
 import sys
@@ -13,6 +16,43 @@ import torch
 from tqdm import tqdm
 
 import dataloader
+import distributed
+from optim import FUSED_OPTIMIZERS, SPARSE_OPTIMIZERS, AutogradStep, FusedStep, fused_step_agrees, torch_optimizer
+from utils import InputError
+
+
+def uses_sparse_updates(args, device, say=print):
+    """Whether the embeddings get sparse (lazy) updates: asked for (by default on the CPU), and the optimizer and
+    weight decay allow it."""
+    wanted = device.type != "cuda" if args.sparse is None else args.sparse
+    if wanted and (args.l2 > 0 or args.optim not in SPARSE_OPTIMIZERS):
+        if args.sparse:
+            say(f"note: dense embedding updates, as --optim {args.optim} with --l2 {args.l2} needs them")
+        return False
+    return wanted
+
+
+def make_step(model, args, sparse, ctx):
+    """The training step for `model` on every rank of `ctx` (--step): FusedStep for Adam and SGD where one step of it
+    agrees with autograd through the model's forward on a small batch (checked here, once), else autograd with a
+    torch optimizer, as for the other optimizers and --amp. Where they disagree, one line says so; with --step
+    fused, an InputError."""
+    betas = (args.beta1, args.beta2)
+    fused = args.optim in FUSED_OPTIMIZERS and not args.amp and args.step != "autograd"
+    if fused:
+        agrees, why = fused_step_agrees(model, args.optim, args.lr, betas, args.l2, sparse)
+        if ctx.sum([not agrees])[0]:  # every rank takes the same kind of step
+            why = why or "on another rank"
+            if args.step == "fused":
+                raise InputError(f"--step fused: the fused step disagrees with the model's forward ({why}); leave "
+                                 f"--step out or use --step autograd")
+            ctx.print(f"note: the fused step disagrees with the model's forward ({why}): training through autograd")
+            fused = False
+    if fused:
+        return FusedStep(model, args.optim, args.lr, betas, l2=args.l2, sparse=sparse, ctx=ctx,
+                         batch_size=args.batch_size)
+    optimizer = torch_optimizer(model.parameters(), args.optim, args.lr, betas, args.l2, sparse)
+    return AutogradStep(distributed.data_parallel(model, ctx, args.batch_size), optimizer, args.amp, ctx.world_size)
 
 
 class Diverged(Exception):

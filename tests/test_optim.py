@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from model import NCF, ModelConfig, build_model
 import optim
 from optim import AutogradStep, FusedStep, LazyAdam
+import training
 
 KINDS = ["gmf", "mlp", "neumf", "mf"]
 SHAPES = [(8, 3), (4, 1), (16, 2), (5, 4)]
@@ -226,11 +227,11 @@ def test_autograd_step_equals_the_fused_step():
 def test_sparse_updates_by_default_on_the_cpu_and_dense_on_cuda():
     import main
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert optim.uses_sparse_updates(main.parse_args([]), cpu)
-    assert not optim.uses_sparse_updates(main.parse_args([]), cuda)
-    assert optim.uses_sparse_updates(main.parse_args(["--sparse"]), cuda)
-    assert not optim.uses_sparse_updates(main.parse_args(["--no-sparse"]), cpu)
-    assert not optim.uses_sparse_updates(main.parse_args(["--l2", "1e-3"]), cpu, say=lambda _: None)
+    assert training.uses_sparse_updates(main.parse_args([]), cpu)
+    assert not training.uses_sparse_updates(main.parse_args([]), cuda)
+    assert training.uses_sparse_updates(main.parse_args(["--sparse"]), cuda)
+    assert not training.uses_sparse_updates(main.parse_args(["--no-sparse"]), cpu)
+    assert not training.uses_sparse_updates(main.parse_args(["--l2", "1e-3"]), cpu, say=lambda _: None)
 
 
 @pytest.mark.parametrize("flags,fused", [([], True), (["--optim", "sgd"], True), (["--no-sparse", "--l2", "1e-4"], True),
@@ -240,9 +241,9 @@ def test_the_fused_step_serves_adam_and_sgd(flags, fused):
     import distributed
     import main
     args = main.parse_args(flags)
-    sparse = optim.uses_sparse_updates(args, torch.device("cpu"), say=lambda _: None)
+    sparse = training.uses_sparse_updates(args, torch.device("cpu"), say=lambda _: None)
     model = NCF(10, 12, 4, 2, "neumf", sparse)
-    step = optim.make_step(model, args, sparse, distributed.Context(0, 1, torch.device("cpu")))
+    step = training.make_step(model, args, sparse, distributed.Context(0, 1, torch.device("cpu")))
     assert isinstance(step, FusedStep if fused else AutogradStep)
     loss = step(torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([1.0, 0.0]), 0.5)
     assert loss.shape == () and loss > 0
