@@ -24,9 +24,8 @@ import dataloader
 from arena import ARENA_SONGS, ARENA_TAGS, PLAYLIST_FIELDS, arena_line, arena_questions, arena_score, list_ndcg
 from distributed import Context
 from model import ModelConfig, build_model
-from optim import make_step, uses_sparse_updates
 from runs import compact, results_dir, run_provenance, save_checkpoint
-from training import Position, epoch_size, train_epoch
+from training import Position, epoch_size, make_step, train_epoch, uses_sparse_updates
 from utils import MISSING, InputError, atomic_open
 
 VALIDATION_SHARE = 0.2  # of the training playlists, as the Arena's split asks 20% of the playlists
