@@ -90,9 +90,10 @@ class Scorers:
         self.song_popularity = standardised(vocabulary.song_popularity[None])
         self.tag_popularity = standardised(vocabulary.tag_popularity[None])
 
-    def prepare(self, playlists, progress=None):
-        """A Prepared of `playlists`: their known songs, users, neighbours and the model's scorer."""
-        return Prepared(self, playlists, progress)
+    def prepare(self, playlists, progress=None, every=False):
+        """A Prepared of `playlists`: their known songs, users, neighbours and the model's scorer (`every`: it
+        computes every scorer's scores, weighed or not, for a weight search)."""
+        return Prepared(self, playlists, progress, every)
 
     def known_songs(self, playlists):
         return self.base.known_songs(playlists)
@@ -129,8 +130,8 @@ class Prepared:
     """What every chunk of some playlists needs, computed once for all of them: known songs (CSR), own tags, users,
     playlist-kNN neighbours (by songs, or by features without a known song) and the model's scores for them."""
 
-    def __init__(self, scorers, playlists, progress=None):
-        self.scorers, self.playlists = scorers, playlists
+    def __init__(self, scorers, playlists, progress=None, every=False):
+        self.scorers, self.playlists, self.every = scorers, playlists, every
         self.indptr, self.songs, self.unknown = scorers.base.known_songs(playlists)
         self.users = torch.tensor(scorers.base.user_index.get_indexer([p["id"] for p in playlists]),
                                   dtype=torch.int64)
@@ -167,13 +168,18 @@ class Prepared:
             done += len(rows)
         return users, weights
 
+    def used(self, scorer):
+        """Whether the scores of `scorer` are computed: every scorer's for a weight search (`every`), else those
+        the method weighs."""
+        return self.every or needs(self.scorers.method, scorer)
+
     def song_scores(self, rows):
         """{scorer: standardised scores [rows, songs]} of the playlists `rows` for every song scorer used."""
         s, out = self.scorers, {}
         indptr, songs = csr_rows(self.indptr, self.songs, rows)
-        if s.itemknn is not None:
+        if s.itemknn is not None and self.used("itemknn"):
             out["itemknn"] = standardised(s.itemknn.history_scores(indptr, songs))
-        if self.neighbours is not None:
+        if self.neighbours is not None and self.used("playlistknn"):
             out["playlistknn"] = standardised(baselines.neighbour_sums(
                 self.neighbours[0][rows], self.neighbours[1][rows], s.by_songs.user_indptr, s.by_songs.user_items,
                 s.data.num_items))
@@ -183,17 +189,20 @@ class Prepared:
             if scored.any():
                 model[scored] = standardised(self.model_scores(self.model_rows[rows[scored]]))
             out["model"] = model
-        out["features"] = standardised(s.base.feature_songs([self.playlists[r] for r in rows.tolist()]))
+        if self.used("features"):
+            out["features"] = standardised(s.base.feature_songs([self.playlists[r] for r in rows.tolist()]))
         return out
 
     def tag_scores(self, rows):
         """{scorer: standardised scores [rows, tags]} of the playlists `rows` for every tag scorer used."""
-        s, v = self.scorers, self.scorers.vocabulary
-        out = {"title": standardised(continuation.spread(*csr_rows(*self.features, rows), v.tag_given_feature,
-                                                         len(v.tags))),
-               "songs": standardised(continuation.spread(*csr_rows(self.indptr, self.songs, rows), v.tag_given_song,
-                                                         len(v.tags)))}
-        if self.neighbours is not None:
+        s, v, out = self.scorers, self.scorers.vocabulary, {}
+        if self.used("title"):
+            out["title"] = standardised(continuation.spread(*csr_rows(*self.features, rows), v.tag_given_feature,
+                                                            len(v.tags)))
+        if self.used("songs"):
+            out["songs"] = standardised(continuation.spread(*csr_rows(self.indptr, self.songs, rows),
+                                                            v.tag_given_song, len(v.tags)))
+        if self.neighbours is not None and self.used("neighbours"):
             out["neighbours"] = standardised(baselines.neighbour_sums(
                 self.neighbours[0][rows], self.neighbours[1][rows], *v.user_tags, len(v.tags)))
         return out
@@ -209,9 +218,10 @@ class Prepared:
         return song_mask, tag_mask
 
 
-def blended(scores, weights, popularity):
-    """Sum of weight x scores over the scorers `weights` names (standardised scores), plus the tie-break."""
-    total = TIE_BREAK * popularity.expand(len(next(iter(scores.values()))), -1).clone()
+def blended(scores, weights, popularity, rows):
+    """Sum of weight x scores over the scorers `weights` names (standardised scores [rows, width]), plus the
+    tie-break."""
+    total = TIE_BREAK * popularity.expand(rows, -1).clone()
     for name, weight in weights.items():
         if weight:
             total += weight * scores[name]
@@ -223,8 +233,9 @@ def top_songs(prepared, rows, method, song_scores=None, k=ARENA_SONGS):
     `song_scores`: the scorers' scores of these rows when already computed."""
     s = prepared.scorers
     song_scores = prepared.song_scores(rows) if song_scores is None else song_scores
-    songs = torch.where(prepared.has_songs[rows][:, None], blended(song_scores, method["songs"], s.song_popularity),
-                        blended(song_scores, method["no_songs"], s.song_popularity))
+    songs = torch.where(prepared.has_songs[rows][:, None],
+                        blended(song_scores, method["songs"], s.song_popularity, len(rows)),
+                        blended(song_scores, method["no_songs"], s.song_popularity, len(rows)))
     top = songs.masked_fill_(prepared.own(rows)[0], float("-inf")).topk(k, dim=1)
     return top.indices, top.values
 
@@ -233,8 +244,9 @@ def top_tags(prepared, rows, method, tag_scores=None, k=ARENA_TAGS):
     """The top tags [rows, k] of the playlists `rows` by `method`, never one a playlist holds."""
     s = prepared.scorers
     tag_scores = prepared.tag_scores(rows) if tag_scores is None else tag_scores
-    tags = torch.where(prepared.has_title[rows][:, None], blended(tag_scores, method["tags"], s.tag_popularity),
-                       blended(tag_scores, method["tags_no_title"], s.tag_popularity))
+    tags = torch.where(prepared.has_title[rows][:, None],
+                       blended(tag_scores, method["tags"], s.tag_popularity, len(rows)),
+                       blended(tag_scores, method["tags_no_title"], s.tag_popularity, len(rows)))
     return tags.masked_fill_(prepared.own(rows)[1], float("-inf")).topk(k, dim=1).indices
 
 

@@ -122,8 +122,8 @@ class Judge:
         questions with a title, and over the same questions with their titles removed."""
         scorers = blend.Scorers(self.validation.data, self.validation.vocabulary, method, model, fitted=self.fitted)
         questions = self.validation.questions
-        prepared = scorers.prepare(questions)
-        untitled = scorers.prepare([{**q, "plylst_title": ""} for q in questions])
+        prepared = scorers.prepare(questions, every=True)
+        untitled = scorers.prepare([{**q, "plylst_title": ""} for q in questions], every=True)
         rows = torch.arange(len(questions))
         song_scores = prepared.song_scores(rows)
         tag_scores = {"tags": prepared.tag_scores(rows), "tags_no_title": untitled.tag_scores(rows)}
