@@ -126,6 +126,7 @@ ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULT
                                      ("sample", "neighbours", "0.2208 / 0.6015 / 0.2779"),
                                      ("sample", "playlistknn", "0.2142 / 0.5508 / 0.2647"),
                                      ("melon", "model", "0.2961 / 0.5908 / 0.3403"),
+                                     ("melon", "neighbours", "0.3302 / 0.5911 / 0.3693"),
                                      ("melon", "playlistknn", "0.3244 / 0.5560 / 0.3592"))},
     **{f"arena-{scale}-recipe-foldin-all": arena(  # every question folded into the recipe's model
         scale, "main.py --recipe arena {arena}", figure,
