@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pandas as pd
 
-from utils import MISSING, InputError, atomic_open, read_json
+from utils import MISSING, InputError, atomic_open, plural, read_json
 
 PLAYLIST_FIELDS = {"id": "int", "songs": "ints", "tags": "strs", "plylst_title": "str", "like_cnt": "any",
                    "updt_date": "any"}  # train.json's; tags and title may be absent, like_cnt and updt_date anything
@@ -26,6 +26,7 @@ ARENA_KINDS = (  # kind, its end as a share of the questions (30%, 50%, 15%, 5%)
 
 
 ARENA_QUESTION_SHARE = 0.2
+INT64 = np.iinfo(np.int64)
 
 
 def check_records(path, records, kinds):
@@ -49,7 +50,7 @@ def check_records(path, records, kinds):
     if types(records) <= {tuple} and all(
             (allowed[kind] is None or types(r[column] for r in records) <= allowed[kind])
             and good_elements(kind, (r[column] for r in records)) for column, kind in enumerate(kinds.values())):
-        return
+        return check_id_range(path, records, kinds)
     want = {"int": "an integer", "ints": "a list of integer song ids", "date": "a YYYYMMDD string",
             "strs": "a list of strings", "str": "a string"}
     for index, record in enumerate(records):
@@ -59,8 +60,25 @@ def check_records(path, records, kinds):
             if value is MISSING and absent not in (allowed[kind] or {absent}):
                 raise InputError(f"{path}: record {index} has no '{key}' field")
             if allowed[kind] is not None and (type(value) not in allowed[kind] or not good_elements(kind, [value])):
-                raise InputError(f"{path}: record {index}: '{key}' must be {want[kind]}, "
-                                 f"found {json.dumps(value)[:60]}")
+                found = "an object" if isinstance(value, tuple) else json.dumps(value, default=lambda _: "{...}")
+                raise InputError(f"{path}: record {index}: '{key}' must be {want[kind]}, found {found[:60]}")
+
+
+def check_id_range(path, records, kinds):
+    """An InputError naming the record of the first "int" or "ints" field value outside 64-bit integers (ids are
+    held as int64), for `records` of the right types."""
+    for column, (key, kind) in enumerate(kinds.items()):
+        if kind not in ("int", "ints"):
+            continue
+        lists = [[r[column]] for r in records] if kind == "int" else [r[column] for r in records]
+        try:
+            np.fromiter(itertools.chain.from_iterable(lists), np.int64)
+            continue
+        except OverflowError:
+            pass
+        index = next(i for i, values in enumerate(lists) if any(not INT64.min <= v <= INT64.max for v in values))
+        wild = next(v for v in lists[index] if not INT64.min <= v <= INT64.max)
+        raise InputError(f"{path}: record {index}: '{key}' holds {wild}, beyond the 64-bit integers that ids are")
 
 
 def read_playlists(path):
@@ -140,6 +158,31 @@ def read_questions(path):
              "plylst_title": "" if p[3] is MISSING else p[3]} for p in playlists]
 
 
+def read_task(questions_path, answers_path=None):
+    """(questions, answers or None) of the Arena task's files, read and checked before any work: at least one
+    question; answers, when given, for exactly those questions (how many ids differ otherwise), each with songs and
+    tags to score against. One-line InputErrors naming the file."""
+    questions = read_questions(questions_path)
+    if not questions:
+        raise InputError(f"{questions_path}: no playlists (an empty list)")
+    if answers_path is None:
+        return questions, None
+    answers = read_questions(answers_path)
+    asked, answered = {q["id"] for q in questions}, {a["id"] for a in answers}
+    if asked != answered:
+        differ = [f"{plural(len(asked - answered), 'question')} without an answer (e.g. {min(asked - answered)})"
+                  if asked - answered else "",
+                  f"{plural(len(answered - asked), 'answer')} to no question (e.g. {min(answered - asked)})"
+                  if answered - asked else ""]
+        raise InputError(f"{answers_path}: its playlist ids are not those of {questions_path}: "
+                         + ", ".join(filter(None, differ)))
+    for field in ("songs", "tags"):
+        empty = next((answer["id"] for answer in answers if not answer[field]), None)
+        if empty is not None:
+            raise InputError(f"{answers_path}: playlist {empty} has no {field} to score against")
+    return questions, answers
+
+
 def write_results(path, results):
     with atomic_open(path, encoding="utf-8") as f:
         json.dump(results, f, ensure_ascii=False)
@@ -174,8 +217,8 @@ def check_arena_results(results, question_ids, where="results"):
         raise InputError(f"{where}: playlist id {ids[int(np.argmax(duplicate))]} appears twice")
     missing, extra = set(question_ids) - set(ids), set(ids) - set(question_ids)
     if missing or extra:
-        problem = [f"{len(missing)} question ids missing (e.g. {min(missing)})"] if missing else []
-        problem += [f"{len(extra)} ids that are not questions (e.g. {min(extra)})"] if extra else []
+        problem = [f"{plural(len(missing), 'question id')} missing (e.g. {min(missing)})"] if missing else []
+        problem += [f"{plural(len(extra), 'id')} not among the questions (e.g. {min(extra)})"] if extra else []
         raise InputError(f"{where}: the ids do not match the questions: " + ", ".join(problem))
     for entry in results:
         for field, count in (("songs", ARENA_SONGS), ("tags", ARENA_TAGS)):

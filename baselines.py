@@ -18,6 +18,7 @@ else from the users' item pairs (as many as the sum of squared user lengths: a f
 import dataclasses
 import itertools
 import json
+import math
 import os
 import time
 
@@ -27,8 +28,13 @@ from torch import nn
 import dataloader
 from scoring import score
 from dataloader import csr_rows, row_ids
+<<<<<<< HEAD
 from runs import results_dir, run_provenance
 from utils import InputError, Parser, atomic_open, run_cli
+=======
+from runs import make_dirs, new_run_dir, run_provenance
+from utils import MAX_THREADS, InputError, Parser, atomic_open, check_output, run_cli
+>>>>>>> main
 
 NAMES = ("pop", "itemknn", "ease", "playlistknn")
 DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0}, "ease": {"l2": 500.0},
@@ -380,12 +386,27 @@ def main(argv=None):
         p.error(f"--tune chooses {', '.join('--' + key for key in params)} itself")
     if (args.neighbours is not None and args.neighbours < 1) or args.topk < 1 or args.threads < 1:
         p.error("--neighbours, --topk and --threads must be at least 1")
-    if (args.shrink is not None and args.shrink < 0) or (args.l2 is not None and not args.l2 > 0):
-        p.error("--shrink must not be negative and --l2 must be positive")
+    if args.threads > MAX_THREADS:
+        p.error(f"--threads must be at most {MAX_THREADS}, got {args.threads}")
+    if (args.shrink is not None and not 0 <= args.shrink < math.inf) or (
+            args.l2 is not None and not 0 < args.l2 <= torch.finfo(torch.float32).max):
+        p.error("--shrink must be a finite number, not negative, and --l2 a positive one (float32's range)")
     torch.set_num_threads(args.threads)
     args.dataset = args.dataset or dataloader.default_dataset(args.data_dir)
+    if args.save_dir:  # checked before the work, made after the split loads
+        if os.path.exists(os.path.join(args.save_dir, "results.json")):
+            raise InputError(f"--save_dir {args.save_dir} holds an earlier run's results.json: choose another")
+        check_output(os.path.join(args.save_dir, "results.json"), "--save_dir")
     data = dataloader.load(args.data_dir, args.dataset)
+<<<<<<< HEAD
     save_dir = results_dir(args.save_dir, os.path.join("runs", args.dataset, f"baseline-{args.model}"))
+=======
+    if args.save_dir:
+        make_dirs(args.save_dir)
+        save_dir = args.save_dir
+    else:
+        save_dir, _ = new_run_dir(os.path.join("runs", args.dataset, f"baseline-{args.model}"))
+>>>>>>> main
     provenance = run_provenance(args, data.device)
     started = time.perf_counter()
     table = None

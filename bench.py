@@ -33,10 +33,10 @@ import synthetic
 from arena import read_questions
 from model import ModelConfig, build_model, scorer_agrees
 from optim import fused_step_agrees
-from runs import load_checkpoint, model_from_checkpoint
+from runs import load_checkpoint, model_from_checkpoint, split_of
 from scoring import full_ranks, sampled_ranks
 from training import Position, epoch_size, make_step, train_epoch, uses_sparse_updates
-from utils import InputError, Parser, atomic_open, cpu_name, run_cli
+from utils import InputError, Parser, atomic_open, check_output, cpu_name, run_cli
 
 
 def peak_rss_gib():
@@ -88,12 +88,12 @@ def continuation_figures(checkpoint_path, questions, threads):
     evaluate.py --continue as a child process (wall time, peak resident memory, its own timings line, the score
     with the split's answers), and in this process the time to answer one playlist, known and new, once loaded."""
     checkpoint = load_checkpoint(checkpoint_path)
-    config = checkpoint["config"]
-    data = dataloader.load(config["data_dir"], config["dataset"])
+    data_dir, dataset = split_of(checkpoint, checkpoint_path)
+    data = dataloader.load(data_dir, dataset)
     arena = data.meta.get("arena", {})
     questions = questions or arena.get("questions")
     if questions is None:
-        raise InputError(f"--continuation: split {config['dataset']!r} has no Arena questions: give --questions")
+        raise InputError(f"--continuation: split {dataset!r} has no Arena questions: give --questions")
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "evaluate.py", "--checkpoint", checkpoint_path, "--gpu", "cpu", "--continue",
@@ -113,7 +113,7 @@ def continuation_figures(checkpoint_path, questions, threads):
     torch.set_num_threads(threads)
     model = model_from_checkpoint(checkpoint, data, checkpoint_path)
     model.eval()
-    answering = continuation.for_model(model, data, config["data_dir"])
+    answering = continuation.for_model(model, data, data_dir)
     playlists = read_questions(questions)
     asked = next(p for p in playlists if p["songs"])
     known = {"id": data.meta["user_ids"][0], "songs": [], "tags": [], "plylst_title": ""}
@@ -175,6 +175,9 @@ def parse_flags():
     for flag in ("full_users", "per_sample_steps", "startup"):
         if getattr(own, flag) < 0:
             parser.error(f"--{flag} must not be negative, got {getattr(own, flag)}")
+    if own.json:
+        own.json = check_output(own.json, "--json", [("--continuation", own.continuation),
+                                                     ("--questions", own.questions)])
     return own, rest
 
 

@@ -24,9 +24,9 @@ from torch import nn
 
 from dataloader import csr_rows, row_ids
 import baselines
-from arena import ARENA_SONGS, ARENA_TAGS, arena_score, check_arena_results, read_questions, write_results
+from arena import ARENA_SONGS, ARENA_TAGS, arena_score, check_arena_results, read_task, write_results
 from model import checked_scorer
-from utils import InputError, read_json
+from utils import InputError, Progress, plural, read_json
 
 TAG_METHODS = ("popular", "title", "songs", "songs+title", "songs+title+recommended")
 TAG_METHOD = "title"
@@ -194,7 +194,9 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
         p.requires_grad_(False)
     try:
         score = checked_scorer(folded)
-        for _ in range(steps):
+        progress = Progress(f"fold-in of {plural(len(indptr) - 1, 'playlist')}", steps, "step")
+        for step in range(steps):
+            progress(step)
             negatives = torch.randint(num_items, (len(songs), num_neg), generator=generator, device=device)
             candidates = torch.cat([songs[:, None], negatives], 1)
             optimizer.zero_grad()
@@ -237,8 +239,10 @@ class Continuation:
         return (*csr(rows, codes, len(playlists), self.data.num_items), unknown)
 
     def answer(self, playlists, k_songs=ARENA_SONGS, k_tags=ARENA_TAGS, timings=None):
-        """(results [{"id", "songs", "tags"}], song scores' top k_songs item indices [rows, k_songs] and scores,
-        the number of the playlists' songs unknown to the model). Each playlist's songs and tags exclude its own."""
+        """(results [{"id", "songs", "tags"}], song scores' top k_songs item indices [rows, k_songs] and scores
+        (fewer columns when the split has fewer songs), the number of the playlists' songs unknown to the model).
+        Each playlist's songs and tags exclude its own (its own songs are at score -inf in the top ones), so a
+        playlist holding most of the split's songs or tags gets fewer than k."""
         indptr, songs, unknown = self.known_songs(playlists)
         users = torch.tensor(self.user_index.get_indexer([p["id"] for p in playlists]), dtype=torch.int64)
         timings = {} if timings is None else timings
@@ -249,8 +253,10 @@ class Continuation:
         position = torch.full((len(playlists),), -1, dtype=torch.int64)
         position[rows] = torch.arange(len(rows))
         timings["prepare_seconds"] = time.perf_counter() - started
-        top_songs, top_scores, top_tags = [], [], []
+        top_songs, top_scores, top_tags, tag_scores = [], [], [], []
+        progress = Progress("answering", len(playlists), "playlist")
         for begin in range(0, len(playlists), CHUNK_ROWS):
+            progress(begin)
             chunk = slice(begin, begin + CHUNK_ROWS)
             chunk_indptr, chunk_songs = csr_rows(indptr, songs, torch.arange(len(playlists))[chunk])
             started = time.perf_counter()
@@ -260,11 +266,14 @@ class Continuation:
             top_scores.append(best_scores)
             timings["songs_seconds"] = timings.get("songs_seconds", 0) + time.perf_counter() - started
             started = time.perf_counter()
-            top_tags.append(self.top_tags(playlists[chunk], chunk_indptr, chunk_songs, best, k_tags))
+            tags, scores = self.top_tags(playlists[chunk], chunk_indptr, chunk_songs, best, k_tags)
+            top_tags.append(tags)
+            tag_scores.append(scores)
             timings["tags_seconds"] = timings.get("tags_seconds", 0) + time.perf_counter() - started
-        top_songs, top_scores, top_tags = torch.cat(top_songs), torch.cat(top_scores), torch.cat(top_tags)
-        song_ids = np.asarray(self.song_index)[top_songs.numpy()].tolist()
-        tag_names = np.asarray(self.vocabulary.tags, dtype=object)[top_tags.numpy()].tolist()
+        top_songs, top_scores = torch.cat(top_songs), torch.cat(top_scores)
+        song_ids = listed(np.asarray(self.song_index)[top_songs.numpy()], top_scores)
+        tag_names = listed(np.asarray(self.vocabulary.tags, dtype=object)[torch.cat(top_tags).numpy()],
+                           torch.cat(tag_scores))
         results = [{"id": p["id"], "songs": s, "tags": t} for p, s, t in zip(playlists, song_ids, tag_names)]
         return results, top_songs, top_scores, unknown
 
@@ -283,7 +292,7 @@ class Continuation:
             rows = (~scored).nonzero().squeeze(1)
             scores[rows] = self.fallback_songs([playlists[r] for r in rows.tolist()])
         scores[row_ids(indptr), songs] = float("-inf")
-        top = scores.topk(k, dim=1)
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
         return top.indices, top.values
 
     def fallback_songs(self, playlists):
@@ -299,7 +308,7 @@ class Continuation:
         return spread(*features, v.song_given_feature, v.num_songs)
 
     def top_tags(self, playlists, indptr, songs, top_songs, k):
-        """The k best tags [rows, k] of each playlist by the tag method, never one of its own."""
+        """The k best tags [rows, k] of each playlist by the tag method and their scores: its own at -inf."""
         v, method = self.vocabulary, self.tag_method
         scores = (v.tag_popularity / v.tag_popularity.sum()).repeat(len(playlists), 1) * 1e-3
         if method != "popular":
@@ -314,7 +323,17 @@ class Continuation:
                 scores += spread(rec_indptr, recommended.reshape(-1), v.tag_given_song, len(v.tags))
         own = v.tag_csr([p["tags"] for p in playlists])
         scores[row_ids(own[0]), own[1]] = float("-inf")
-        return scores.topk(k, dim=1).indices
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        return top.indices, top.values
+
+
+def listed(values, scores):
+    """Each row of `values` (numpy [rows, k]) as a list, without the entries whose score is -inf (a playlist's own
+    songs or tags)."""
+    kept = (scores != float("-inf")).numpy()
+    if kept.all():
+        return values.tolist()
+    return [row[keep].tolist() for row, keep in zip(values, kept)]
 
 
 def model_songs(model, num_items, fold_in_all=False, timings=None, fold_in_settings=None):
@@ -374,35 +393,43 @@ def for_baseline(name, data, data_dir, tag_method=TAG_METHOD, feature_weight=FEA
                         fallback=not popular, feature_weight=0 if popular else feature_weight)
 
 
-def answer_questions(continuation, questions, timings=None):
+def check_room(continuation, questions, where="questions"):
+    """An InputError naming the first question playlist that holds so many of the split's songs (or tags) that fewer
+    than the Arena's 100 (10) new ones are left to recommend to it; only its known, distinct ones count."""
+    song_indptr, _, _ = continuation.known_songs(questions)
+    tag_indptr, _ = continuation.vocabulary.tag_csr([q["tags"] for q in questions])
+    for what, have, need, indptr in (("song", continuation.data.num_items, ARENA_SONGS, song_indptr),
+                                     ("tag", len(continuation.vocabulary.tags), ARENA_TAGS, tag_indptr)):
+        if have < need:
+            raise InputError(f"the split knows only {plural(have, what)}: too few to recommend {need} new ones")
+        held = indptr.diff()
+        short = (have - held < need).nonzero()
+        if len(short):
+            row = int(short[0])
+            raise InputError(f"{where}: playlist {questions[row]['id']} holds {int(held[row]):,} of the split's "
+                             f"{plural(have, what)}, leaving fewer than the {need} new ones an answer needs")
+
+
+def answer_questions(continuation, questions, timings=None, where="questions"):
     """(results, number of the questions' songs unknown to the model): every question answered, in order, checked
-    against the Arena's rules."""
-    for what, have, need in (("songs", continuation.data.num_items, ARENA_SONGS),
-                             ("tags", len(continuation.vocabulary.tags), ARENA_TAGS)):
-        longest = max([len(q[what]) for q in questions], default=0)
-        if have < need + longest:
-            raise InputError(f"the split knows only {have} {what}: too few to recommend {need} new ones to a "
-                             f"playlist with {longest}")
+    against the Arena's rules (first that each leaves enough songs and tags to recommend: check_room)."""
+    check_room(continuation, questions, where)
     results, _, _, unknown = continuation.answer(questions, timings=timings)
     check_arena_results(results, [q["id"] for q in questions], "results")
     return results, unknown
 
 
-def answer_file(continuation, questions_path, out=None, answers_path=None, timings=None):
+def answer_file(continuation, questions_path, out=None, answers_path=None, timings=None, task=None):
     """The Arena task on files: the questions of `questions_path` answered (answer_questions), scored against the
-    answers of `answers_path` when given (checked first to be those questions'), then written to `out` when given.
-    Returns {"results", "unknown" (songs unknown to the model), "seconds", "score": (song nDCG, tag nDCG, score) or
-    None}."""
-    questions = read_questions(questions_path)
-    answers = read_questions(answers_path) if answers_path else None
-    if answers is not None and {a["id"] for a in answers} != {q["id"] for q in questions}:
-        raise InputError(f"{answers_path}: its playlist ids are not those of {questions_path}")
+    answers of `answers_path` when given (read_task checks them first to be those questions'), then written to
+    `out` when given (checked by utils.check_output beforehand, if the caller did). `task`: read_task's (questions,
+    answers) when the caller has read them already. Returns {"results", "unknown" (songs unknown to the model),
+    "seconds", "score": (song nDCG, tag nDCG, score) or None}."""
+    questions, answers = task if task is not None else read_task(questions_path, answers_path)
     started = time.perf_counter()
-    results, unknown = answer_questions(continuation, questions, timings)
+    results, unknown = answer_questions(continuation, questions, timings, questions_path)
     seconds = time.perf_counter() - started
-    score = arena_score(results, answers, answers_path) if answers is not None else None
+    score = arena_score(results, answers, out or "results") if answers is not None else None
     if out is not None:
         write_results(out, results)
     return {"results": results, "unknown": unknown, "seconds": seconds, "score": score}
-
-

@@ -4,7 +4,6 @@ which split to train on by default (the built-in sample, made on first use, when
 Reads the NCF paper's format (NAME.train.rating, NAME.test.rating, NAME.test.negative, optional NAME.val.*,
 optional NAME.meta.json), including the paper's own ML-1M files unchanged.
 """
-import json
 import os
 import re
 import warnings
@@ -15,7 +14,7 @@ import torch
 
 import split
 import synthetic
-from utils import InputError
+from utils import InputError, read_json
 
 PAIR = re.compile(r"\((\d+),(\d+)\)")
 # Negative sampling looks pairs up in a bitmap of every (user, item) pair up to this many pairs (512 MiB; Melon
@@ -59,7 +58,8 @@ def first_bad_line(path, is_good):
 
 
 def is_int(text):
-    return text.strip().lstrip("-").isdigit()
+    """Whether `text` is an integer that int64 holds."""
+    return text.strip().lstrip("-").isdigit() and -2 ** 63 <= int(text) < 2 ** 63
 
 
 def read_ints(lines, usecols=None):
@@ -126,6 +126,32 @@ def read_held_out(data_dir, name, part):
     return users, np.concatenate([items[:, None], negatives], axis=1)
 
 
+def read_meta(path):
+    """NAME.meta.json ({} when there is none): an object whose counts, when given, are integers and whose id maps
+    are lists; a one-line error otherwise."""
+    if not os.path.exists(path):
+        return {}
+    meta = read_json(path, None)
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: expected a JSON object (split.py writes it)")
+    for key, kind in (("num_users", int), ("num_items", int), ("user_ids", list), ("item_ids", list)):
+        if key in meta and not (isinstance(meta[key], kind) and not isinstance(meta[key], bool)):
+            raise InputError(f"{path}: '{key}' must be {'an integer' if kind is int else 'a list'}")
+    return meta
+
+
+def check_sizes(prefix, num_users, num_items, user_lines, item_entries, meta):
+    """A one-line error when the users or items (their largest index + 1, or meta.json's counts) outnumber what the
+    files could hold as 0-based contiguous indices, or meta.json's id maps do not match them."""
+    for what, count, most in (("user", num_users, user_lines), ("item", num_items, item_entries)):
+        if count > most:
+            raise InputError(f"{prefix}: {count:,} {what}s (the largest index + 1, or meta.json's count) but only "
+                             f"{most:,} {what} entries: indices must be 0-based and contiguous (split.py's are)")
+        ids = meta.get(f"{what}_ids")
+        if ids is not None and len(ids) != count:
+            raise InputError(f"{prefix}.meta.json: {len(ids):,} {what}_ids for {count:,} {what}s")
+
+
 def csr_by_user(users, items, num_users):
     """Items grouped by user, stably: (indptr [num_users + 1], items sorted by user)."""
     order = np.argsort(users, kind="stable")
@@ -162,18 +188,13 @@ def load(data_dir, name, device="cpu", exclude_test_negatives=True):
     has_val = os.path.exists(os.path.join(data_dir, f"{name}.val.rating"))
     val_users, val_items = read_held_out(data_dir, name, "val") if has_val else (test_users[:0], test_items[:0])
 
-    meta_path = os.path.join(data_dir, f"{name}.meta.json")
-    meta = {}
-    if os.path.exists(meta_path):
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{meta_path}: malformed JSON ({e})")
+    meta = read_meta(os.path.join(data_dir, f"{name}.meta.json"))
     all_users = np.concatenate([train_users, test_users, val_users])
     num_users = max(int(all_users.max()) + 1, meta.get("num_users", 0))
     num_items = max(int(max(train_items.max(), test_items.max(), val_items.max(initial=0))) + 1,
                     meta.get("num_items", 0))
+    check_sizes(os.path.join(data_dir, name), num_users, num_items, len(all_users),
+                train_items.size + test_items.size + val_items.size, meta)
 
     order = np.argsort(train_users, kind="stable")
     train_users, train_items = train_users[order], train_items[order]
@@ -208,7 +229,10 @@ def load(data_dir, name, device="cpu", exclude_test_negatives=True):
 
 def epoch_generator(data, seed, epoch):
     """The generator for one epoch's negatives and shuffle: a function of (seed, epoch) only, so resuming works."""
-    return torch.Generator(device=data.device).manual_seed(seed * 1_000_003 + epoch)
+    key = seed * 1_000_003 + epoch
+    if not -2 ** 63 <= key < 2 ** 64:  # what manual_seed takes; a large --seed wraps around (smaller ones unchanged)
+        key %= 2 ** 64
+    return torch.Generator(device=data.device).manual_seed(key)
 
 
 def key_bitmap(keys, num_keys):

@@ -11,17 +11,19 @@ the songs nearest to a song, or answer Kakao Arena questions (a checkpoint's mod
 What it prints it gets from scoring.py (ranks, HR/NDCG, recommendations), catalog.py (names) and continuation.py
 (the Arena task); this file holds the command line and its terminal tables.
 """
+import math
+import os
 import sys
 import unicodedata
 
 import blend
 import continuation
 import dataloader
-from arena import ARENA_TAGS, arena_line, read_questions
+from arena import ARENA_TAGS, arena_line, read_task
 from catalog import item_names, playlist_title
-from runs import load_checkpoint, model_from_checkpoint, split_changes
+from runs import SPLIT_SUFFIXES, load_checkpoint, model_from_checkpoint, split_changes, split_of
 from scoring import recommend, score, similar_items, user_items
-from utils import InputError, Parser, resolve_device, run_cli
+from utils import InputError, Parser, check_output, plural, resolve_device, run_cli
 
 
 def index_of(original, ids, flag, what):
@@ -113,29 +115,35 @@ def answering_for(model, data, data_dir, args, timings=None):
                                   timings)
 
 
-def continue_questions(model, data, data_dir, args):
-    """--continue: the results file for every question (and its Arena score with --answers, printed last)."""
+def continue_questions(model, data, data_dir, args, task):
+    """--continue: the results file for every question of `task` (read_task's questions and answers; and the Arena
+    score with --answers, printed last)."""
     timings = {}
     answering = answering_for(model, data, data_dir, args, timings)
-    done = continuation.answer_file(answering, args.continue_, args.out, args.answers, timings)
+    done = continuation.answer_file(answering, args.continue_, args.out, args.answers, timings, task)
     if done["unknown"]:
-        print(f"note: {done['unknown']:,} songs of the questions are unknown to the model (not in split "
-              f"{data.name!r}): skipped")
+        print(f"note: {plural(done['unknown'], 'song')} of the questions {'is' if done['unknown'] == 1 else 'are'} "
+              f"unknown to the model (not in split {data.name!r}): skipped")
     folded = (f"{timings['folded_in']:,} folded in ({timings['fold_in_seconds']:.1f}s), "
               if timings.get("folded_in") else "")
+<<<<<<< HEAD
     parts = (f"songs {timings.get('songs_seconds', 0):.1f}s, tags {timings.get('tags_seconds', 0):.1f}s"
              if args.method_settings is None else
              f"neighbours and model {timings['prepare_seconds']:.1f}s, blend "
              f"{timings['answer_seconds'] - timings['prepare_seconds']:.1f}s")
     print(f"wrote {args.out}: {len(done['results']):,} playlists, 100 songs and 10 tags each, in "
           f"{done['seconds']:.1f}s ({folded}{parts})")
+=======
+    print(f"wrote {args.out}: {plural(len(done['results']), 'playlist')}, 100 songs and 10 tags each, in "
+          f"{done['seconds']:.1f}s ({folded}songs {timings.get('songs_seconds', 0):.1f}s, tags "
+          f"{timings.get('tags_seconds', 0):.1f}s)")
+>>>>>>> main
     if done["score"] is not None:
         print(arena_line(*done["score"]))
 
 
-def print_playlists(model, data, data_dir, args, k):
-    """--playlist: each playlist's top-k songs with names and its 10 tags."""
-    playlists = read_questions(args.playlist)
+def print_playlists(model, data, data_dir, args, k, playlists):
+    """--playlist: each of `playlists`' top-k songs with names (fewer when fewer are not in it) and its 10 tags."""
     answering = answering_for(model, data, data_dir, args)
     results, top, scores, unknown = answering.answer(playlists, k_songs=k, k_tags=ARENA_TAGS)
     catalog = item_names(data.meta, top.reshape(-1).tolist())
@@ -147,12 +155,15 @@ def print_playlists(model, data, data_dir, args, k):
                else "new: folded in" if known and args.baseline is None
                else f"{args.baseline} on its songs" if known else "no known song: by its tags and title")
         title = f' "{playlist["plylst_title"]}"' if playlist["plylst_title"] else ""
-        print(f"playlist {playlist['id']}{title} ({how}; {len(playlist['songs'])} songs, "
-              f"{len(playlist['tags'])} tags): top {k} songs not already in it:")
-        print(item_table(catalog, songs, song_scores))
+        listed = len(result["songs"])  # its own songs, at -inf among the top ones, are not listed
+        print(f"playlist {playlist['id']}{title} ({how}; {plural(len(playlist['songs']), 'song')}, "
+              f"{plural(len(playlist['tags']), 'tag')}): top {plural(listed, 'song')} not already in it"
+              + (" (all that are left)" if listed < k else "") + ":")
+        print(item_table(catalog, songs[:listed], song_scores[:listed]))
         print(f"tags: {', '.join(result['tags'])}\n")
     if unknown:
-        print(f"note: {unknown:,} songs of the playlists are unknown to the model: skipped")
+        print(f"note: {plural(unknown, 'song')} of the playlists {'is' if unknown == 1 else 'are'} unknown to the "
+              f"model: skipped")
 
 
 def build_parser():
@@ -186,12 +197,19 @@ def build_parser():
     parser.add_argument("--baseline", choices=["pop", "itemknn", "ease"], default=None,
                         help="--continue/--playlist: songs from this non-neural baseline (baselines.py) fitted on "
                              "the checkpoint's split instead of the model, or without --checkpoint on --dataset's")
+<<<<<<< HEAD
     parser.add_argument("--method", choices=blend.METHODS, default=None,
                         help="--continue/--playlist: answer by this method (blend.py) instead of the one the "
                              "checkpoint's run validated (main.py --recipe arena): the model alone, a neighbour "
                              "method alone, the blend, most popular")
     parser.add_argument("--data_dir", default="data", help="--baseline without --checkpoint: the split's directory")
     parser.add_argument("--dataset", help="--baseline without --checkpoint: the split's name")
+=======
+    parser.add_argument("--data_dir", default=None, help="the split's directory (default: the checkpoint's; "
+                        "without --checkpoint: data)")
+    parser.add_argument("--dataset", help="the split's name (default: the checkpoint's); a checkpoint's model must "
+                        "fit the split given (its users and items)")
+>>>>>>> main
     return parser
 
 
@@ -207,21 +225,44 @@ def parse_args(argv=None):
         parser.error("--checkpoint is required (or --baseline NAME --dataset NAME with --continue or --playlist)")
     if args.k is not None and args.k < 1:
         parser.error("--k must be at least 1")
+<<<<<<< HEAD
     if args.method is not None and (args.baseline is not None or not (args.continue_ or args.playlist)):
         parser.error("--method goes with --continue or --playlist, not with --baseline")
+=======
+    if not math.isfinite(args.feature_weight):
+        parser.error(f"--feature_weight must be a finite number, got {args.feature_weight}")
+>>>>>>> main
     return args
 
 
-def run_task(model, data, data_dir, args, k):
-    """The task the flags ask for, with `model` (None for a --baseline alone) on `data`."""
+def read_inputs(args):
+    """What --continue and --playlist read, checked before any work (--out too: not a directory, not an input, ...):
+    read_task's (questions, answers), or None for the other tasks."""
+    if args.continue_ is not None:
+        check_output(args.out, "--out", [("--continue", args.continue_), ("--answers", args.answers),
+                                         ("--checkpoint", args.checkpoint)])
+        return read_task(args.continue_, args.answers)
+    return read_task(args.playlist) if args.playlist is not None else None
+
+
+def check_out_against_split(args, data_dir, dataset):
+    """--out checked again once the split is known: not one of its files (read by the work, or by the next run)."""
+    if args.out is not None:
+        check_output(args.out, "--out", [("split file", os.path.join(data_dir, f"{dataset}.{suffix}"))
+                                         for suffix in (*SPLIT_SUFFIXES, "tags.json", "questions.json",
+                                                        "answers.json")])
+
+
+def run_task(model, data, data_dir, args, k, task):
+    """The task the flags ask for, with `model` (None for a --baseline alone) on `data`; `task`: read_inputs'."""
     if args.recommend is not None:
         return print_recommendations(model, data, args.recommend, k)
     if args.similar is not None:
         return print_similar(model, data, args.similar, k)
     if args.continue_ is not None:
-        return continue_questions(model, data, data_dir, args)
+        return continue_questions(model, data, data_dir, args, task)
     if args.playlist is not None:
-        return print_playlists(model, data, data_dir, args, k)
+        return print_playlists(model, data, data_dir, args, k, task[0])
     candidates = data.test if args.split == "test" else data.val
     if candidates is None:
         raise InputError(f"--split val: data set {data.name!r} has no validation split (split.py --val)")
@@ -231,8 +272,10 @@ def run_task(model, data, data_dir, args, k):
 
 def main(argv=None):
     args = parse_args(argv)
+    task = read_inputs(args)
     device = resolve_device(args.gpu)
     if args.checkpoint is None:
+<<<<<<< HEAD
         data = dataloader.load(args.data_dir, args.dataset, device)
         args.method_settings = chosen_method(None, args)
         return run_task(None, data, args.data_dir, args, 10 if args.k is None else args.k)
@@ -244,9 +287,23 @@ def main(argv=None):
     if changed:
         print(f"warning: {changed[0]} has changed since {args.checkpoint} was trained on it: the scores are for "
               f"other data", file=sys.stderr)
+=======
+        data_dir = args.data_dir or "data"
+        check_out_against_split(args, data_dir, args.dataset)
+        data = dataloader.load(data_dir, args.dataset, device)
+        return run_task(None, data, data_dir, args, 10 if args.k is None else args.k, task)
+    checkpoint = load_checkpoint(args.checkpoint, device)
+    data_dir, dataset = split_of(checkpoint, args.checkpoint, args.data_dir, args.dataset)
+    check_out_against_split(args, data_dir, dataset)
+    data = dataloader.load(data_dir, dataset, device)
+>>>>>>> main
     model = model_from_checkpoint(checkpoint, data, args.checkpoint)
+    changed = split_changes(checkpoint, data_dir, dataset)
+    if changed:
+        print(f"warning: {changed[0]} is not the file {args.checkpoint} was trained on: the scores are for other "
+              f"data", file=sys.stderr)
     args.epoch = checkpoint["epoch"]
-    return run_task(model, data, config["data_dir"], args, config["topk"] if args.k is None else args.k)
+    return run_task(model, data, data_dir, args, checkpoint["config"]["topk"] if args.k is None else args.k, task)
 
 
 if __name__ == "__main__":

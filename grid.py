@@ -23,7 +23,7 @@ import time
 import dataloader
 import main
 from runs import changed_flags
-from utils import Parser, atomic_open, fail, resolve_device, run_cli
+from utils import Parser, atomic_open, check_output, fail, resolve_device, run_cli
 
 GRID = {"num_neg": (1, 5, 10), "latent_dim_mf": (4, 8, 16), "num_layers": (1, 2, 3)}
 QUICK_EPOCHS = 2
@@ -113,6 +113,8 @@ def run_grid():
     args.dataset = args.dataset or dataloader.default_dataset(args.data_dir)
     out_dir = args.out_dir or os.path.join("runs", f"grid_{args.dataset}")
     resolve_device(args.gpu)  # a bad --gpu fails here, once, rather than in the first cell
+    for table in ("results.md", "results.csv"):  # and --out_dir before any cell trains
+        check_output(os.path.join(out_dir, table), "--out_dir")
     cells = list(itertools.product(*GRID.values()))
     rows = []
     for i, cell in enumerate(cells, 1):

@@ -24,16 +24,20 @@ import torch
 import continuation
 import dataloader
 import distributed
+<<<<<<< HEAD
 import recipe
 from arena import arena_line
+=======
+from arena import arena_line, read_task
+>>>>>>> main
 from catalog import item_names
 from model import MODELS, ModelConfig, build_model, load_pretrained, model_size
 from optim import FUSED_OPTIMIZERS, OPTIMIZERS
-from runs import (RESUMABLE_FLAGS, SaveDir, check_split_unchanged, compact, load_checkpoint,
-                  load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint)
+from runs import (RESUMABLE_FLAGS, SaveDir, carry_best, check_split_unchanged, compact, load_checkpoint,
+                  load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint, split_of)
 from scoring import recommend, score
 from training import Diverged, Position, Stopped, epoch_size, make_step, train_epoch, uses_sparse_updates
-from utils import InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
+from utils import MAX_THREADS, InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
 from wandb_log import WANDB_PROJECT, log_epoch, start_wandb
 
 SHOWN_PLAYLISTS = 3  # playlists whose top-K recommendations are logged at every evaluation
@@ -127,9 +131,11 @@ def parse_args(argv=None):
     for flag in ("epochs", "batch_size", "latent_dim_mf", "num_layers", "num_neg", "topk", "threads", "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.threads > MAX_THREADS:
+        p.error(f"--threads must be at most {MAX_THREADS}, got {args.threads}")
     for flag in ("patience", "l2"):
-        if getattr(args, flag) < 0:
-            p.error(f"--{flag} must not be negative, got {getattr(args, flag)}")
+        if not 0 <= getattr(args, flag) < math.inf:
+            p.error(f"--{flag} must be a finite number, not negative, got {getattr(args, flag)}")
     for flag in ("lr", "finetune_lr"):
         value = getattr(args, flag)
         if value is not None and not (value > 0 and math.isfinite(value)):
@@ -244,8 +250,12 @@ def run_stages(args, ctx, given, checkpoint=None):
         provenance = run_provenance(args, ctx.device)
         if checkpoint is not None:
             check_split_unchanged(checkpoint, args, f"--resume {args.resume}", provenance["split_files"])
-        claim = SaveDir.claim(args, ctx, continuing=checkpoint is not None or distributed.restarted())
+        resumed_here = checkpoint is not None and os.path.abspath(os.path.dirname(args.resume) or ".") == \
+            os.path.abspath(args.save_dir)
+        claim = SaveDir.claim(args, ctx, continuing=resumed_here or distributed.restarted())
         args.save_dir = claim.path
+        if checkpoint is not None and not resumed_here:
+            carry_best(args.resume, args.save_dir)
     args.save_dir = ctx.broadcast(args.save_dir)
     try:
         if args.pretrain:
@@ -279,13 +289,19 @@ def resume(args, given):
     if "optimizer" not in checkpoint:
         raise InputError(f"--resume {args.resume}: holds the model only (a best.pt); continue from the run's last.pt")
     overrides = {flag: getattr(args, flag) for flag in RESUMABLE_FLAGS if flag in given or flag == "resume"}
+    # the run continues where its last.pt is (a copied run's copy), or in --save_dir: never in the directory the
+    # checkpoint names, which may be another run's
+    save_dir = args.save_dir if "save_dir" in given else os.path.dirname(args.resume) or "."
+    data_dir = args.data_dir if "data_dir" in given else None  # the split moved: checked to be the same files
     args.__dict__.update(checkpoint["config"])
-    args.__dict__.update(overrides)
+    args.__dict__.update(overrides, save_dir=save_dir)
+    args.data_dir, args.dataset = split_of(checkpoint, args.resume, data_dir)  # found from wherever this runs
     if os.environ.get("RANK", "0") == "0":
         within = f" and {checkpoint['step']} steps of epoch {checkpoint['epoch'] + 1}" if checkpoint.get("step") else ""
         print(f"resuming {args.resume} after epoch {checkpoint['epoch']}{within} with its configuration: "
               f"{args.model} on {args.dataset or 'the default data set'}, epochs {checkpoint['epoch'] + 1} to "
-              f"{args.epochs}, --gpu {args.gpu}, --threads {args.threads}", flush=True)
+              f"{args.epochs}, --gpu {args.gpu}, --threads {args.threads}; writing into {save_dir}"
+              + (" (--save_dir)" if "save_dir" in given else ""), flush=True)
     return checkpoint
 
 
@@ -443,6 +459,18 @@ def stop_diverged(ctx, run, loss, epoch, last_path):
 
 # --- what rank 0 writes and logs ---
 
+def wandb_run_to_continue(checkpoint, args):
+    """The wandb run id a resumed run logs to: its checkpoint's when it continues in the directory the checkpoint
+    was written in, else none (a new wandb run: a copy of a run, resumed, is a run of its own)."""
+    run_id = checkpoint.get("wandb_id") if checkpoint else None
+    written_in = checkpoint["config"].get("save_dir") if checkpoint else None
+    if run_id and written_in and os.path.realpath(written_in) != os.path.realpath(args.save_dir):
+        print(f"note: {args.save_dir} is not {written_in}, where the checkpoint was written: a new wandb run, not "
+              f"{run_id}'s continuation", flush=True)
+        return None
+    return run_id
+
+
 class Outputs:
     """Rank 0's side of a run in its save directory: the wandb run, the recommendations shown for a few playlists,
     the checkpoints (best.pt, last.pt) and, at the end, results.json and results.md."""
@@ -451,8 +479,10 @@ class Outputs:
         self.args, self.data, self.model, self.train_step = args, data, model, train_step
         self.provenance = dict(provenance, step=train_step.name)  # the step used: --step's choice or the check's
         self.sparse = sparse
+        files = data.meta.get("arena")  # the Arena questions and answers scored at the end, checked before training
+        self.arena_task = read_task(files["questions"], files["answers"]) if files else None
         os.makedirs(args.save_dir, exist_ok=True)
-        self.run = start_wandb(args, data, checkpoint["wandb_id"] if checkpoint else None, self.provenance)
+        self.run = start_wandb(args, data, wandb_run_to_continue(checkpoint, args), self.provenance)
         self.catalog = item_names(data.meta, range(data.num_items))
         self.columns = ["epoch", "playlist", "rank", "song_id", "score"] + [f for f in self.catalog[0] if f != "id"]
         self.recommendations = checkpoint.get("recommendations", []) if checkpoint else []  # the best epoch's
@@ -485,14 +515,15 @@ class Outputs:
         """The best checkpoint's Arena score on the split's questions and answers (split.py --arena), or None:
         {"song_ndcg", "tag_ndcg", "score", "seconds", "epoch"}, also printed."""
         files = self.data.meta.get("arena")
-        if not files:
+        if self.arena_task is None:
             return None
         started = time.perf_counter()
         model = copy.deepcopy(self.model)
         model.load_state_dict(load_checkpoint(os.path.join(self.args.save_dir, "best.pt"))["model"])
         model.eval()
         answering = continuation.for_model(model.cpu(), self.data, self.args.data_dir)
-        done = continuation.answer_file(answering, files["questions"], answers_path=files["answers"])
+        done = continuation.answer_file(answering, files["questions"], answers_path=files["answers"],
+                                        task=self.arena_task)
         song, tag, total = done["score"]
         print(f"Arena score of the best checkpoint (epoch {epoch}) on {files['questions']}: "
               + arena_line(song, tag, total))

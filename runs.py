@@ -15,7 +15,8 @@ import torch
 
 import distributed
 from model import ModelConfig, build_model
-from utils import InputError, atomic_path, code_provenance, file_sha256, lock_directory, one_line, point_symlink
+from utils import (InputError, atomic_path, code_provenance, file_sha256, lock_directory, one_line, point_symlink,
+                   remove_stale_temporaries)
 
 RUN_FILES = ("results.json", "last.pt", "best.pt")  # a run's outputs, which no other run may replace
 SPLIT_SUFFIXES = ("train.rating", "test.rating", "test.negative", "val.rating", "val.negative", "meta.json")
@@ -70,18 +71,39 @@ def load_checkpoint(path, device="cpu"):
     except Exception as e:  # torch.load fails in many ways on other files (KeyError on text, BadZipFile, ...)
         reason = ("not a file written by torch.save" if isinstance(e, (KeyError, pickle.UnpicklingError))
                   else "empty or cut short" if isinstance(e, EOFError)
-                  else one_line(e)[:120])
+                  else one_line(e, 120))
         raise InputError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not {"config", "model", "epoch"} <= checkpoint.keys() \
-            or not isinstance(checkpoint["config"], dict) or not CONFIG_KEYS <= checkpoint["config"].keys():
+            or not isinstance(checkpoint["config"], dict) or not CONFIG_KEYS <= checkpoint["config"].keys() \
+            or not isinstance(checkpoint["model"], dict) or not isinstance(checkpoint.get("provenance") or {}, dict):
         raise InputError(f"{path}: not a checkpoint written by main.py")
     return checkpoint
+
+
+def split_of(checkpoint, path, data_dir=None, dataset=None):
+    """(data_dir, dataset) of the split to use the checkpoint of `path` on: those given (the model is checked to fit
+    them when loaded), else its own: its --data_dir as main.py was given it (relative to where main.py ran) when
+    the split is there from here, else the absolute directory its provenance records; a one-line error otherwise."""
+    config = checkpoint["config"]
+    dataset = dataset or config["dataset"]
+    if data_dir is not None:
+        return data_dir, dataset
+    recorded, absolute = config["data_dir"], (checkpoint.get("provenance") or {}).get("split_dir")
+    for candidate in (recorded, absolute):
+        if candidate and os.path.exists(os.path.join(candidate, f"{dataset}.train.rating")):
+            return candidate, dataset
+    also = f" nor in {absolute}, where it was" if absolute else " (the checkpoint predates recording where that was)"
+    raise InputError(f"{path}: its split {dataset!r} is not in {recorded} (main.py's --data_dir, relative to where "
+                     f"it ran){also}; give --data_dir DIR")
 
 
 def model_from_checkpoint(checkpoint, data, path="checkpoint"):
     """The model a checkpoint (of `path`) holds, built by its configuration for `data` and on `data`'s device; a
     one-line error when it was trained on another number of users or items."""
-    model = build_model(ModelConfig.of(checkpoint["config"]), data.num_users, data.num_items)
+    try:
+        model = build_model(ModelConfig.of(checkpoint["config"]), data.num_users, data.num_items)
+    except (ValueError, TypeError, OverflowError, RuntimeError) as e:
+        raise InputError(f"{path}: its configuration describes no model that can be built ({one_line(e)})") from None
     state = checkpoint["model"]
     trained = tuple(next((state[key].shape[0] for key in (f"{side}_gmf.weight", f"{side}_mlp.weight") if key in state),
                          0) for side in ("user", "item"))
@@ -91,8 +113,22 @@ def model_from_checkpoint(checkpoint, data, path="checkpoint"):
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise InputError(f"{path}: does not fit its configuration ({one_line(e)})") from None
+        raise InputError(f"{path}: does not fit its configuration ({state_mismatch(model, state) or one_line(e)})"
+                         ) from None
     return model.to(data.device)
+
+
+def state_mismatch(model, state):
+    """In words, the first tensor of `state` that `model` lacks, or has not, or has in another shape; or None."""
+    own = model.state_dict()
+    for key, tensor in own.items():
+        if key not in state:
+            return f"it has no {key}"
+        shape = tuple(getattr(state[key], "shape", ()))
+        if shape != tuple(tensor.shape):
+            return f"its {key} is {list(shape)}, the configuration's model's {list(tensor.shape)}"
+    extra = next((key for key in state if key not in own), None)
+    return f"its {extra} is not the configuration's model's" if extra else None
 
 
 def load_pretrained_checkpoints(args, data, device="cpu"):
@@ -155,6 +191,9 @@ def split_changes(checkpoint, data_dir, dataset, current=None):
     recorded = (checkpoint.get("provenance") or {}).get("split_files")
     if recorded is None:
         return []
+    trained = checkpoint["config"]["dataset"]  # the files compared by suffix: a copy under another name is the same
+    recorded = {dataset + file[len(trained):] if file.startswith(trained) else file: sha
+                for file, sha in recorded.items()}
     current = fingerprint(data_dir, dataset) if current is None else current
     return [os.path.join(data_dir, file) for file in changed_files(recorded, current)]
 
@@ -173,6 +212,7 @@ def run_provenance(args, device):
     """What produced this run (code commit and tree state, library versions, device, split file hashes), printed
     once; results.json, the checkpoints and the wandb config record it."""
     record = code_provenance(device)
+    record["split_dir"] = os.path.abspath(args.data_dir)  # --data_dir is kept as given, relative to where it ran
     record["split_files"] = fingerprint(args.data_dir, args.dataset)
     record["split_sha256"] = hashlib.sha256(json.dumps(record["split_files"], sort_keys=True).encode()).hexdigest()
     record["threads"] = args.threads
@@ -252,6 +292,20 @@ def results_dir(save_dir, parent):
     return save_dir
 
 
+def carry_best(resume_path, save_dir):
+    """SAVE_DIR/best.pt from the best.pt beside the --resume checkpoint, when there is one: a run resumed into
+    another directory keeps its best epoch so far."""
+    best = os.path.join(os.path.dirname(resume_path) or ".", "best.pt")
+    if os.path.exists(best):
+        with atomic_path(os.path.join(save_dir, "best.pt")) as tmp:
+            shutil.copyfile(best, tmp)
+
+
+def run_outputs(save_dir):
+    """The paths of what a run and its --pretrain stages write in SAVE_DIR (its RUN_FILES and results.md)."""
+    return [os.path.join(save_dir, stage, name) for stage in ("", "gmf", "mlp") for name in (*RUN_FILES, "results.md")]
+
+
 def earlier_run(save_dir):
     """The first output of an earlier run in SAVE_DIR or its --pretrain stages (SAVE_DIR/gmf, SAVE_DIR/mlp), or None."""
     paths = (os.path.join(save_dir, stage, name) for stage in ("", "gmf", "mlp") for name in RUN_FILES)
@@ -281,6 +335,8 @@ class SaveDir:
         except InputError:
             claim.abandon()
             raise
+        for path in run_outputs(claim.path):
+            remove_stale_temporaries(path)  # what a run killed while writing it left
         earlier = earlier_run(claim.path)
         if earlier and not continuing:
             if not args.overwrite:
@@ -289,10 +345,9 @@ class SaveDir:
                 raise InputError(f"--save_dir {claim.path} holds {finished} earlier run ({earlier}): continue it with "
                                  f"--resume {os.path.join(claim.path, 'last.pt')}, choose another --save_dir (or none, "
                                  f"for a new one under runs/{args.dataset}), or replace it with --overwrite")
-            for stage in ("", "gmf", "mlp"):
-                for name in (*RUN_FILES, "results.md"):
-                    if os.path.exists(os.path.join(claim.path, stage, name)):
-                        os.remove(os.path.join(claim.path, stage, name))
+            for path in run_outputs(claim.path):
+                if os.path.exists(path):
+                    os.remove(path)
             print(f"--overwrite: deleted the earlier run's results and checkpoints in {claim.path}", flush=True)
         return claim
 

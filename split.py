@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from arena import ARENA_SEED, arena_split, check_records, check_unique_ids, read_playlists
-from utils import MISSING, InputError, Parser, atomic_path, read_json, run_cli
+from utils import MISSING, InputError, Parser, atomic_path, check_output, plural, read_json, run_cli
 
 TEST_ITEM_RULES = ("latest", "last", "random")
 INT_TOKEN = r"-?\d{1,18}"
@@ -56,6 +56,7 @@ def split(input_path, out_dir="data", name=None, min_item_count=None, min_user_i
     if name is None:
         path = os.path.abspath(input_path)
         name = os.path.basename(os.path.dirname(path)) if melon else os.path.splitext(os.path.basename(path))[0]
+    check_outputs(out_dir, name, melon, val, arena, dict(input=input_path, questions=questions, exclude=exclude))
 
     data, arena_files = read_melon(input_path, arena, arena_seed, questions, exclude) if melon \
         else (load_delimited(input_path), {})
@@ -103,9 +104,9 @@ def read_melon(input_path, arena, arena_seed, questions, exclude):
     playlists less those of `exclude`, then the playlists of the `questions` files and, with `arena`, the Arena
     split's question playlists (users without held-out items)."""
     playlists = read_playlists(input_path)
+    num_excluded = 0
     if exclude is not None:
-        dropped = {record[0] for record in read_playlists(exclude)}
-        playlists = [record for record in playlists if record[0] not in dropped]
+        playlists, num_excluded = excluded(input_path, playlists, exclude, questions)
     sources = [(input_path, playlists)] + [(path, read_playlists(path)) for path in questions]
     check_unique_ids(sources)
     asked = [record for _, records in sources[1:] for record in records]
@@ -114,7 +115,9 @@ def read_melon(input_path, arena, arena_seed, questions, exclude):
         playlists, arena_asked, arena_questions, arena_answers, kinds = arena_split(playlists, arena_seed)
         asked += arena_asked
         arena_files = {"questions": arena_questions, "answers": arena_answers, "kinds": kinds}
-    return load_melon(input_path, playlists + asked, num_questions=len(asked)), arena_files
+    data = load_melon(input_path, playlists + asked, num_questions=len(asked))
+    data["stats"]["excluded_playlists"] = num_excluded
+    return data, arena_files
 
 
 def hold_out_all(columns, question, num_users, num_items, test_item, num_test_neg, seed, val, melon, user_ids):
@@ -175,6 +178,34 @@ def melon_files(meta, name, out_dir, input_path, data, kept_users, question, are
         files[f"{name}.questions.json"] = lambda p: write_meta(p, arena_files["questions"])
         files[f"{name}.answers.json"] = lambda p: write_meta(p, arena_files["answers"])
     return files
+
+
+def check_outputs(out_dir, name, melon, val, arena, inputs):
+    """Before any work: every file the split will write in OUT_DIR can be written there (utils.check_output: the
+    directory is or can be made, no output is a directory or one of the `inputs`: {"input", "questions" (a list),
+    "exclude"})."""
+    inputs = [("--input", inputs["input"]), ("--exclude", inputs["exclude"])] + [
+        ("--questions", path) for path in inputs["questions"]]
+    suffixes = ["train.rating", "test.rating", "test.negative", "meta.json"] + (
+        ["val.rating", "val.negative"] if val else []) + (["tags.json"] if melon else []) + (
+        ["questions.json", "answers.json"] if arena else [])
+    for suffix in suffixes:
+        check_output(os.path.join(out_dir, f"{name}.{suffix}"), "--out_dir", inputs)
+
+
+def excluded(input_path, playlists, exclude, questions):
+    """(the playlists whose ids are not in the Arena file `exclude`, how many were left out); an InputError when
+    `exclude` is also a --questions file or leaves out none (its ids are not this train.json's: a wrong file)."""
+    for path in questions:
+        if os.path.exists(path) and os.path.exists(exclude) and os.path.samefile(path, exclude):
+            raise InputError(f"--exclude {exclude} is also --questions {path}: its playlists cannot be both left "
+                             f"out and asked")
+    dropped = {record[0] for record in read_playlists(exclude)}
+    kept = [record for record in playlists if record[0] not in dropped]
+    if len(kept) == len(playlists):
+        raise InputError(f"--exclude {exclude}: none of its {plural(len(dropped), 'playlist id')} is a playlist of "
+                         f"{input_path}, so it would leave out nothing")
+    return kept, len(playlists) - len(kept)
 
 
 def check_options(input_path, min_item_count, min_user_items, test_item, num_test_neg, seed, val, name):
@@ -450,8 +481,9 @@ def sample_test_negatives(user, item, num_users, num_items, n, rng, user_ids):
     short = np.flatnonzero(free < n)
     if len(short):
         u = short[0]
-        raise InputError(f"--num_test_neg {n} is more than the {free[u]} items user {user_ids[u]} has not "
-                         f"interacted with ({len(short)} users are short; num_items={num_items})")
+        raise InputError(f"--num_test_neg {n} is more than the {plural(int(free[u]), 'item')} user {user_ids[u]} "
+                         f"has not interacted with ({plural(len(short), 'user')} short of them; "
+                         f"num_items={num_items})")
     starts = np.searchsorted(key_user, np.arange(num_users))
     adjusted = key - (np.arange(len(key)) - starts[key_user])
     ranks = rng.integers(0, free[:, None], size=(num_users, n))
@@ -504,24 +536,34 @@ def write_all(out_dir, files):
 def summary(meta, paths, seconds):
     """A one-screen account of the split."""
     s, f = meta["stats"], meta["filters"]
-    users, items = ("playlists", "songs") if meta["format"] == "melon" else ("users", "items")
+    user, item = ("playlist", "song") if meta["format"] == "melon" else ("user", "item")
+
+    def users(n):
+        return plural(n, user)
+
+    def items(n):
+        return plural(n, item)
+
     lines = [
         f"split {meta['name']} ({meta['format']}): {meta['source']}",
-        f"  raw        {s['raw_users']:,} {users}, {s['raw_items']:,} {items}, {s['raw_interactions']:,} interactions",
-        f"  removed    {s['duplicates_removed']:,} duplicates; "
-        + (f"{s['dropped_bad_date_songs']:,} songs with unparseable dates, {s['dropped_unknown_songs']:,} missing "
+        f"  raw        {users(s['raw_users'])}, {items(s['raw_items'])}, {plural(s['raw_interactions'], 'interaction')}",
+        f"  removed    {plural(s['duplicates_removed'], 'duplicate')}; "
+        + (f"{items(s['dropped_bad_date_songs'])} with unparseable dates, {s['dropped_unknown_songs']:,} missing "
            f"from song_meta; " if meta["format"] == "melon" else "")
-        + f"{s['dropped_rare_items']:,} {items} seen < {f['min_item_count']} times; "
-        f"{s['dropped_short_users']:,} {users} with < {f['min_user_items']} {items}",
-        f"  kept       {meta['num_users']:,} {users} x {meta['num_items']:,} {items}, "
-        f"{s['interactions']:,} interactions "
+        + f"{items(s['dropped_rare_items'])} seen < {f['min_item_count']} times; "
+        f"{users(s['dropped_short_users'])} with < {items(f['min_user_items'])}",
+        f"  kept       {users(meta['num_users'])} x {items(meta['num_items'])}, "
+        f"{plural(s['interactions'], 'interaction')} "
         f"(train {meta['num_train']:,}, test {meta['num_test_users']:,}"
         + (f", val {meta['num_test_users']:,}" if meta["has_val"] else "") + f"), density {s['density']:.6f}",
-        f"  held out   {f['test_item']} item per user; {meta['num_test_neg']} negatives each, seed {meta['seed']}",
+        f"  held out   {f['test_item']} item per user; {plural(meta['num_test_neg'], 'negative')} each, "
+        f"seed {meta['seed']}",
     ]
+    if meta.get("exclude"):
+        lines.append(f"  excluded   {users(s['excluded_playlists'])} of {meta['exclude']}")
     if meta.get("num_question_users"):
-        lines.append(f"  questions  {meta['num_question_users']:,} question {users} train through their visible "
-                     f"{items}, without held-out ones"
+        lines.append(f"  questions  {plural(meta['num_question_users'], 'question ' + user)} train through "
+                     f"their visible {item}s, without held-out ones"
                      + (f"; Arena split (seed {meta['arena']['seed']}): " + ", ".join(
                          f"{n:,} {kind}" for kind, n in meta["arena"]["kinds"].items()) if "arena" in meta else ""))
     lines += [

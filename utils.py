@@ -1,10 +1,13 @@
-"""Small shared helpers: one-line input errors with exit status 2, reading JSON with such errors, atomic file writes
-and links, the CLI parser, directory locks, what runs the code (provenance) and the memory left on a device."""
+"""Small shared helpers: one-line input errors with exit status 2, reading JSON with such errors, outputs checked
+before the work and written atomically, links, the CLI parser, progress lines, directory locks, what runs the code
+(provenance) and the memory left on a device."""
 import argparse
 import json
 import os
+import stat
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 
 
@@ -15,9 +18,14 @@ class InputError(Exception):
     """Bad input from the user (file, line, record or flag). Reported as one line, exit status 2."""
 
 
-def one_line(error):
-    """The first line of an exception's message (its type name when it has none), at most 160 characters."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+def one_line(error, limit=160):
+    """The first line of an exception's message (its type name when it has none), cut to at most `limit`
+    characters at a word's end ("..." where cut)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - 3].rsplit(" ", 1)[0] if " " in line[:limit - 3] else line[:limit - 3]
+    return cut.rstrip(" ,;:") + "..."
 
 
 def fail(message):
@@ -26,19 +34,40 @@ def fail(message):
     sys.exit(2)
 
 
+MAX_THREADS = 1024  # --threads: torch's OpenMP cannot start many thousands (it crashes at 100,000)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit status 2."""
+    """argparse with one-line errors (no usage dump) and exit status 2; integer values beyond 64 bits (what numpy and
+    torch hold) and text with a NUL character (which no path or name can hold) refused."""
 
     def error(self, message):
         fail(f"{self.prog}: {message}")
 
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            values = value if isinstance(value, list) else [value]
+            flag = action.option_strings[-1] if action.option_strings else action.dest
+            if any(isinstance(v, str) and "\0" in v for v in values):
+                self.error(f"{flag}: a value with a NUL character")
+            wild = next((v for v in values if type(v) is int and not -2 ** 63 <= v < 2 ** 63), None)
+            if wild is not None:
+                self.error(f"{flag} {wild}: too large")
+        return parsed, rest
+
 
 def run_cli(main):
-    """Run `main()`; turn an InputError into a one-line error and exit status 2."""
+    """Run `main()`; turn an InputError into a one-line error and exit status 2, and running out of memory into one
+    line and exit status 1."""
     try:
         main()
     except InputError as e:
         fail(str(e))
+    except MemoryError as e:
+        print(f"error: out of memory ({one_line(e) if str(e) else 'an allocation failed'})", file=sys.stderr)
+        sys.exit(1)
 
 
 def exit_status(e):
@@ -62,23 +91,161 @@ def read_json(path, keys, where=None):
         raise InputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:  # an integer of more digits than Python converts (4,300)
+        raise InputError(f"{path}: unreadable JSON ({one_line(e, 100)})") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested deeper than {sys.getrecursionlimit():,} levels") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}") from None
 
 
+def plural(n, word, words=None):
+    """'1 playlist', '2 playlists', '1,000 songs' (`words`: the plural when it is not word + 's')."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
+PROGRESS_SECONDS = 10.0  # long work says how far it is this often
+
+
+class Progress:
+    """Lines on how far long work is ("WHAT: 5 of 20 STEPS, 12 s"), one every PROGRESS_SECONDS at most, the first
+    after that long: work shorter than that prints nothing."""
+
+    def __init__(self, what, total, unit):
+        self.what, self.total, self.unit = what, total, unit
+        self.started = self.shown = time.perf_counter()
+
+    def __call__(self, done):
+        now = time.perf_counter()
+        if now - self.shown >= PROGRESS_SECONDS:
+            self.shown = now
+            print(f"{self.what}: {done:,} of {plural(self.total, self.unit)}, {now - self.started:.0f} s", flush=True)
+
+
+# --- outputs: checked before the work, written atomically (or through, for a device or FIFO) ---
+
+REFUSED_ROOTS = ("/proc", "/sys")  # kernel interfaces, never a place for results
+_checked = {}  # output path -> its state when check_output saw it: atomic_path keeps another process's write
+
+
+def file_state(path):
+    """(device, inode, modification time, size) of `path`, or None when there is nothing there."""
+    try:
+        s = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size
+
+
+def written_through(path):
+    """Whether `path` is a character device or FIFO (/dev/null, /dev/stdout, a named pipe): opened and written,
+    never replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def check_output(path, flag, inputs=()):
+    """The path to write FLAG's output `path` to (a symbolic link's target), checked before any work: not under
+    /proc or /sys, not a directory, a regular file, device or FIFO or nothing yet, writable, in a directory that
+    is or can be made, and not one of the run's `inputs` [(flag, path)]; a one-line InputError naming the flag
+    otherwise. Removes what an earlier run killed while writing it left (stale temporaries)."""
+    path = os.fspath(path)
+    if path.endswith((os.sep, os.sep + ".", os.sep + "..")):
+        raise InputError(f"{flag} {path}: a directory's name, not a file's")
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet (a link to nothing: written where it points)
+        pass
+    except OSError as e:  # a loop of links, a file where a directory should be, ...
+        raise InputError(f"{flag} {path}: {e.strerror}") from None
+    real = os.path.realpath(path)
+    root = next((r for r in REFUSED_ROOTS if real == r or real.startswith(r + os.sep)), None)
+    if root is not None:
+        raise InputError(f"{flag} {path}: under {root}, not a place to write to")
+    if os.path.isdir(real):
+        raise InputError(f"{flag} {path}: a directory, not a file")
+    for input_flag, input_path in inputs:
+        if input_path and os.path.exists(input_path) and os.path.exists(real) and os.path.samefile(real, input_path):
+            raise InputError(f"{flag} {path}: the same file as {input_flag} {input_path}, which it would "
+                             f"overwrite; choose another {flag}")
+    if os.path.exists(real):
+        mode = os.stat(real).st_mode
+        if not (stat.S_ISREG(mode) or written_through(real)):
+            raise InputError(f"{flag} {path}: not a regular file, device or FIFO")
+        if not os.access(real, os.W_OK):
+            raise InputError(f"{flag} {path}: not writable")
+    if not written_through(real):
+        directory = os.path.dirname(real)
+        while not os.path.exists(directory):
+            directory = os.path.dirname(directory)
+        if not os.path.isdir(directory):
+            raise InputError(f"{flag} {path}: {directory} is a file, not a directory")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise InputError(f"{flag} {path}: cannot write in {directory}")
+        remove_stale_temporaries(real)
+    _checked[real] = file_state(real)
+    return real
+
+
+def remove_stale_temporaries(path):
+    """Remove the temporary files beside `path` (.NAME.*.tmp) that atomic_path left when a process writing it was
+    killed: those of processes no longer running (their pid is in the name), and those with no pid in their name
+    (written by older versions of this code)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        siblings = os.listdir(directory)
+    except OSError:
+        return
+    for sibling in siblings:
+        if not (sibling.startswith(f".{name}.") and sibling.endswith(".tmp")):
+            continue
+        pid = sibling[len(name) + 2:].split(".")[0]
+        if pid.isdigit() and process_running(int(pid)):
+            continue
+        try:
+            os.remove(os.path.join(directory, sibling))
+        except OSError:
+            pass
+
+
+def process_running(pid):
+    """Whether a process with this pid runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """Yield a temporary path beside `path` (a symbolic link's target); rename it onto `path` only if the block
+    succeeds, removing it otherwise (an exception, Ctrl-C). A device or FIFO (/dev/null) is yielded itself, to be
+    written through. An InputError, and nothing replaced, when check_output saw `path` and another process has
+    written it since."""
+    path = os.path.realpath(path)
+    if written_through(path):
+        yield path
+        return
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        if path in _checked and file_state(path) != _checked[path]:
+            raise InputError(f"{path}: written by another process while this one ran; not replaced (run again "
+                             f"to replace it)")
         os.replace(tmp, path)
+        _checked.pop(path, None)  # written: a later write is its own (checked again, or not at all)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -229,11 +396,16 @@ def code_provenance(device):
 
 
 def available_memory(device):
-    """Bytes that can still be allocated on `device` (free GPU memory; on the CPU, MemAvailable plus free swap), or
-    None when unknown."""
-    import torch
+    """Bytes that can still be allocated on `device` (free GPU memory; on the CPU, free_ram()), or None when
+    unknown."""
     if device.type == "cuda":
+        import torch
         return torch.cuda.mem_get_info(device)[0]
+    return free_ram()
+
+
+def free_ram():
+    """Bytes of RAM that can still be allocated (MemAvailable plus free swap), or None when unknown."""
     try:
         with open("/proc/meminfo") as f:
             fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2]}

@@ -79,7 +79,7 @@ def run_script(script, *args, cwd=None, env=None):
     """`python3 SCRIPT ARGS` run in this process: a CompletedProcess with the exit status and what it printed.
     `env`: variables to set (None: to remove) while it runs. An uncaught exception propagates (fails the test)."""
     module = importlib.import_module(script.removesuffix(".py"))
-    entry = getattr(module, "run_grid" if script == "grid.py" else "main")
+    entry = getattr(module, {"grid.py": "run_grid", "bench.py": "bench"}.get(script, "main"))
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", [script, *map(str, args)])

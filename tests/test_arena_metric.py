@@ -41,9 +41,9 @@ def test_arena_score_weights_and_perfect_results():
 
 
 @pytest.mark.parametrize("results, message", [
-    ([], "1 question ids missing (e.g. 7)"),
+    ([], "1 question id missing (e.g. 7)"),
     ([entry(7, list(range(100)), list("abcdefghij")), entry(9, list(range(100)), list("abcdefghij"))],
-     "1 ids that are not questions (e.g. 9)"),
+     "1 id not among the questions (e.g. 9)"),
     ([entry(7, list(range(100)), list("abcdefghij"))] * 2, "playlist id 7 appears twice"),
     ([entry(7, list(range(99)), list("abcdefghij"))], "'songs' must be a list of 100 unique values, found 99"),
     ([entry(7, [0] + list(range(99)), list("abcdefghij"))], "found 100 (99 unique)"),

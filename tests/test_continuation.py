@@ -80,8 +80,8 @@ def test_playlist_new_and_known(arena, monkeypatch, capsys):
                                   arena / "new.json", "--k", 5)
     assert code == 0, err
     assert 'playlist -5 "새 목록" (new: folded in; 4 songs, 0 tags): top 5 songs' in out
-    assert f"playlist {known} (trained on; 2 songs, 1 tags)" in out
-    assert out.count("tags: ") == 2 and "note: 1 songs of the playlists are unknown to the model" in out
+    assert f"playlist {known} (trained on; 2 songs, 1 tag)" in out
+    assert out.count("tags: ") == 2 and "note: 1 song of the playlists is unknown to the model" in out
 
 
 @pytest.mark.parametrize("content, flags, message", [

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -121,8 +122,9 @@ def _apply(target: dict, updates: Any, removes: Any = ()) -> None:
         _remove(target, _item_path(item))
 
 
-def read_run(path: str | os.PathLike) -> dict:
-    """Replay an offline run file (or the one .wandb file under a directory).
+def read_run(path: str | os.PathLike, wait: float = 30.0) -> dict:
+    """Replay an offline run file (or the one .wandb file under a directory), waiting up to `wait` seconds for
+    its run record: wandb's service process may still be writing the file when the run that logged it returns.
 
     Returns a dict with keys:
       "config":    {key: value} after all config updates (no "_wandb"),
@@ -135,7 +137,16 @@ def read_run(path: str | os.PathLike) -> dict:
       "artifacts": [{"name", "type", "aliases"}] for each artifact record,
       "run":       {"id", "project", "entity", "name", "tags"} from the run record.
     """
-    wandb_file = find_wandb_file(path)
+    deadline = time.monotonic() + wait
+    while True:
+        out = replay(find_wandb_file(path))
+        if out["run"] or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def replay(wandb_file) -> dict:
+    """The records of one .wandb file, as read_run returns them."""
     out: dict = {"config": {}, "history": [], "summary": {}, "tables": {},
                  "files": [], "artifacts": [], "run": {}}
     for record in iter_records(wandb_file):
