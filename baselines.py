@@ -28,13 +28,8 @@ from torch import nn
 import dataloader
 from scoring import score
 from dataloader import csr_rows, row_ids
-<<<<<<< HEAD
-from runs import results_dir, run_provenance
-from utils import InputError, Parser, atomic_open, run_cli
-=======
 from runs import make_dirs, new_run_dir, run_provenance
 from utils import MAX_THREADS, InputError, Parser, atomic_open, check_output, run_cli
->>>>>>> main
 
 NAMES = ("pop", "itemknn", "ease", "playlistknn")
 DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0}, "ease": {"l2": 500.0},
@@ -398,15 +393,11 @@ def main(argv=None):
             raise InputError(f"--save_dir {args.save_dir} holds an earlier run's results.json: choose another")
         check_output(os.path.join(args.save_dir, "results.json"), "--save_dir")
     data = dataloader.load(args.data_dir, args.dataset)
-<<<<<<< HEAD
-    save_dir = results_dir(args.save_dir, os.path.join("runs", args.dataset, f"baseline-{args.model}"))
-=======
     if args.save_dir:
         make_dirs(args.save_dir)
         save_dir = args.save_dir
     else:
         save_dir, _ = new_run_dir(os.path.join("runs", args.dataset, f"baseline-{args.model}"))
->>>>>>> main
     provenance = run_provenance(args, data.device)
     started = time.perf_counter()
     table = None

@@ -126,18 +126,12 @@ def continue_questions(model, data, data_dir, args, task):
               f"unknown to the model (not in split {data.name!r}): skipped")
     folded = (f"{timings['folded_in']:,} folded in ({timings['fold_in_seconds']:.1f}s), "
               if timings.get("folded_in") else "")
-<<<<<<< HEAD
     parts = (f"songs {timings.get('songs_seconds', 0):.1f}s, tags {timings.get('tags_seconds', 0):.1f}s"
              if args.method_settings is None else
              f"neighbours and model {timings['prepare_seconds']:.1f}s, blend "
              f"{timings['answer_seconds'] - timings['prepare_seconds']:.1f}s")
-    print(f"wrote {args.out}: {len(done['results']):,} playlists, 100 songs and 10 tags each, in "
-          f"{done['seconds']:.1f}s ({folded}{parts})")
-=======
     print(f"wrote {args.out}: {plural(len(done['results']), 'playlist')}, 100 songs and 10 tags each, in "
-          f"{done['seconds']:.1f}s ({folded}songs {timings.get('songs_seconds', 0):.1f}s, tags "
-          f"{timings.get('tags_seconds', 0):.1f}s)")
->>>>>>> main
+          f"{done['seconds']:.1f}s ({folded}{parts})")
     if done["score"] is not None:
         print(arena_line(*done["score"]))
 
@@ -197,19 +191,14 @@ def build_parser():
     parser.add_argument("--baseline", choices=["pop", "itemknn", "ease"], default=None,
                         help="--continue/--playlist: songs from this non-neural baseline (baselines.py) fitted on "
                              "the checkpoint's split instead of the model, or without --checkpoint on --dataset's")
-<<<<<<< HEAD
     parser.add_argument("--method", choices=blend.METHODS, default=None,
                         help="--continue/--playlist: answer by this method (blend.py) instead of the one the "
                              "checkpoint's run validated (main.py --recipe arena): the model alone, a neighbour "
                              "method alone, the blend, most popular")
-    parser.add_argument("--data_dir", default="data", help="--baseline without --checkpoint: the split's directory")
-    parser.add_argument("--dataset", help="--baseline without --checkpoint: the split's name")
-=======
     parser.add_argument("--data_dir", default=None, help="the split's directory (default: the checkpoint's; "
                         "without --checkpoint: data)")
     parser.add_argument("--dataset", help="the split's name (default: the checkpoint's); a checkpoint's model must "
                         "fit the split given (its users and items)")
->>>>>>> main
     return parser
 
 
@@ -225,13 +214,10 @@ def parse_args(argv=None):
         parser.error("--checkpoint is required (or --baseline NAME --dataset NAME with --continue or --playlist)")
     if args.k is not None and args.k < 1:
         parser.error("--k must be at least 1")
-<<<<<<< HEAD
     if args.method is not None and (args.baseline is not None or not (args.continue_ or args.playlist)):
         parser.error("--method goes with --continue or --playlist, not with --baseline")
-=======
     if not math.isfinite(args.feature_weight):
         parser.error(f"--feature_weight must be a finite number, got {args.feature_weight}")
->>>>>>> main
     return args
 
 
@@ -275,28 +261,16 @@ def main(argv=None):
     task = read_inputs(args)
     device = resolve_device(args.gpu)
     if args.checkpoint is None:
-<<<<<<< HEAD
-        data = dataloader.load(args.data_dir, args.dataset, device)
-        args.method_settings = chosen_method(None, args)
-        return run_task(None, data, args.data_dir, args, 10 if args.k is None else args.k)
-    checkpoint = load_checkpoint(args.checkpoint, device)
-    args.method_settings = chosen_method(checkpoint, args) if args.continue_ or args.playlist else None
-    config = checkpoint["config"]
-    data = dataloader.load(config["data_dir"], config["dataset"], device)
-    changed = split_changes(checkpoint, config["data_dir"], config["dataset"])
-    if changed:
-        print(f"warning: {changed[0]} has changed since {args.checkpoint} was trained on it: the scores are for "
-              f"other data", file=sys.stderr)
-=======
         data_dir = args.data_dir or "data"
         check_out_against_split(args, data_dir, args.dataset)
         data = dataloader.load(data_dir, args.dataset, device)
+        args.method_settings = chosen_method(None, args)
         return run_task(None, data, data_dir, args, 10 if args.k is None else args.k, task)
     checkpoint = load_checkpoint(args.checkpoint, device)
     data_dir, dataset = split_of(checkpoint, args.checkpoint, args.data_dir, args.dataset)
     check_out_against_split(args, data_dir, dataset)
     data = dataloader.load(data_dir, dataset, device)
->>>>>>> main
+    args.method_settings = chosen_method(checkpoint, args) if args.continue_ or args.playlist else None
     model = model_from_checkpoint(checkpoint, data, args.checkpoint)
     changed = split_changes(checkpoint, data_dir, dataset)
     if changed:

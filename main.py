@@ -24,12 +24,8 @@ import torch
 import continuation
 import dataloader
 import distributed
-<<<<<<< HEAD
 import recipe
-from arena import arena_line
-=======
 from arena import arena_line, read_task
->>>>>>> main
 from catalog import item_names
 from model import MODELS, ModelConfig, build_model, load_pretrained, model_size
 from optim import FUSED_OPTIMIZERS, OPTIMIZERS
