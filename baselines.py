@@ -35,12 +35,14 @@ from dataloader import csr_rows, row_ids
 from runs import make_dirs, new_run_dir, run_provenance
 from utils import MAX_THREADS, InputError, Parser, atomic_open, check_output, run_cli
 
-NAMES = ("pop", "itemknn", "ease", "ials")
+NAMES = ("pop", "itemknn", "ease", "ials", "playlistknn")
 DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0}, "ease": {"l2": 500.0},
-            "ials": {"dim": 64, "l2": 0.007, "unobserved": 0.3, "epochs": 16}}
+            "ials": {"dim": 64, "l2": 0.007, "unobserved": 0.3, "epochs": 16},
+            "playlistknn": {"neighbours": 300, "alpha": 0.5, "power": 1.0, "idf": 0.0}}
 GRIDS = {"pop": {}, "itemknn": {"neighbours": [20, 50, 100, 200, 300, 500], "shrink": [0.0, 10.0, 100.0, 1000.0]},
          "ease": {"l2": [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]},
-         "ials": {"l2": [0.003, 0.007, 0.015], "unobserved": [0.1, 0.3, 1.0]}}  # dim and epochs: given
+         "ials": {"l2": [0.003, 0.007, 0.015], "unobserved": [0.1, 0.3, 1.0]},  # dim and epochs: given
+         "playlistknn": {"neighbours": [100, 300], "alpha": [0.5, 0.7], "power": [1.0, 2.0], "idf": [0.0, 0.5]}}
 PARAMETERS = ("neighbours", "shrink", "l2", "dim", "unobserved", "epochs")  # the command line's, of any baseline
 MAX_PADDED = 1 << 22  # values of the padded [rows, length, dim] factors iALS gathers at once
 MAX_PAIRS = 1 << 24  # item pairs counted at once when building co-occurrence counts (8 bytes an index)
@@ -182,15 +184,20 @@ class ItemKNN(Baseline):
             neighbour_items[begin:end], weights[begin:end] = top.indices, top.values
         self.register_buffer("neighbour_items", neighbour_items)  # [items, k]: row j holds j's neighbours
         self.register_buffer("weights", weights)
+        # by neighbour i, the flat positions (j * k + slot) of its entries in neighbour_items: W's rows as a CSR
+        reverse_indptr = torch.zeros(num_items + 1, dtype=torch.int64, device=items.device)
+        torch.cumsum(torch.bincount(neighbour_items.reshape(-1), minlength=num_items), 0, out=reverse_indptr[1:])
+        self.register_buffer("reverse_indptr", reverse_indptr)
+        self.register_buffer("reverse_entries", torch.argsort(neighbour_items.reshape(-1), stable=True))
 
     def all_scores(self, indptr, items):
-        # scores = H W, W[i, j] the similarity of neighbour i of j: as the sparse W^T (j's row: its neighbours) H^T
-        k = self.weights.shape[1]
-        rows = torch.arange(self.num_items, device=items.device).repeat_interleave(k)
-        transposed = torch.sparse_coo_tensor(torch.stack([rows, self.neighbour_items.reshape(-1)]),
-                                             self.weights.reshape(-1), (self.num_items, self.num_items),
-                                             check_invariants=False)
-        return torch.sparse.mm(transposed, dense_rows(indptr, items, self.num_items).T).T.contiguous()
+        # scores = H W, W[i, j] the similarity of neighbour i of j: each held item i adds its row of W (the items
+        # having i among their neighbours), so the cost is the rows' items x k, not items x k a row
+        pair_indptr, entries = csr_rows(self.reverse_indptr, self.reverse_entries, items)
+        rows = row_ids(indptr).repeat_interleave(pair_indptr.diff())
+        keys = rows * self.num_items + entries // self.weights.shape[1]
+        scores = torch.zeros((len(indptr) - 1) * self.num_items, device=items.device)
+        return scores.index_add_(0, keys, self.weights.reshape(-1)[entries]).view(-1, self.num_items)
 
     def candidate_scores(self, indptr, items, candidates):
         held = dense_rows(indptr, items, self.num_items)
@@ -301,7 +308,78 @@ class IALS(Baseline):
         return score_users
 
 
-MODELS = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE, "ials": IALS}
+class PlaylistKNN(Baseline):
+    """Playlist-based (user-based) kNN: a set's similarity to a training user is the items they share, each
+    weighted |item's users|^-idf, over |set|^alpha |user|^(1 - alpha) (alpha 0.5: the cosine); its `neighbours` most
+    similar users count with weight similarity^power, and an item's score is the sum of the weights of the neighbours
+    holding it. A training user is never its own neighbour (candidate_scorer, or `exclude` of all_scores)."""
+
+    def __init__(self, indptr, items, num_items, neighbours=300, alpha=0.5, power=1.0, idf=0.0):
+        super().__init__(indptr, items, num_items)
+        if neighbours < 1 or power <= 0 or not 0 <= alpha <= 1:
+            raise ValueError(f"playlist-kNN: neighbours must be at least 1, power positive and alpha in [0, 1], got "
+                             f"{neighbours}, {power}, {alpha}")
+        self.neighbours, self.alpha, self.power = min(neighbours, len(indptr) - 1), alpha, power
+        item_indptr, item_users = transpose_csr(indptr, items, num_items)
+        self.register_buffer("item_indptr", item_indptr)
+        self.register_buffer("item_users", item_users)
+        self.register_buffer("item_weights", item_indptr.diff().float().clamp(min=1) ** -idf)
+        self.register_buffer("user_norms", indptr.diff().float().clamp(min=1) ** (1 - alpha))
+
+    def nearest(self, indptr, items, exclude=None, progress=None):
+        """(users [rows, neighbours], weights [rows, neighbours]) of distinct item sets: each set's nearest training
+        users and their weights (0 where the set shares nothing with them), never the user `exclude` [rows] names
+        (-1: none); a block of rows at a time, so that no more than MAX_BLOCK similarities are held at once, with
+        progress(rows done, rows) after each."""
+        num_users = len(self.user_norms)
+        users, weights = [], []
+        for begin in range(0, len(indptr) - 1, max(1, MAX_BLOCK // num_users)):
+            rows = torch.arange(begin, min(begin + max(1, MAX_BLOCK // num_users), len(indptr) - 1),
+                                device=items.device)
+            block_indptr, block_items = csr_rows(indptr, items, rows)
+            pair_indptr, holders = csr_rows(self.item_indptr, self.item_users, block_items)
+            keys = row_ids(block_indptr).repeat_interleave(pair_indptr.diff()) * num_users + holders
+            similarity = torch.zeros(len(rows) * num_users, device=items.device).index_add_(
+                0, keys, self.item_weights[block_items].repeat_interleave(pair_indptr.diff())).view(len(rows), -1)
+            similarity /= block_indptr.diff().float().clamp(min=1)[:, None] ** self.alpha * self.user_norms
+            if exclude is not None:
+                own = exclude[rows] >= 0
+                similarity[own.nonzero().squeeze(1), exclude[rows][own]] = 0.0
+            top = similarity.topk(self.neighbours, dim=1)
+            users.append(top.indices)
+            weights.append(top.values ** self.power)
+            if progress is not None:
+                progress(int(rows[-1]) + 1, len(indptr) - 1)
+        return torch.cat(users), torch.cat(weights)
+
+    def history_scores(self, indptr, items, exclude=None):
+        """As Baseline.history_scores; `exclude` [rows]: the training user each set is (-1: none), not its own
+        neighbour."""
+        return self.all_scores(*distinct_sets(indptr, items, self.num_items), exclude)
+
+    def all_scores(self, indptr, items, exclude=None):
+        return neighbour_sums(*self.nearest(indptr, items, exclude), self.user_indptr, self.user_items,
+                              self.num_items)
+
+    def candidate_scorer(self):
+        def score_users(users, items=None):
+            scores = self.all_scores(*csr_rows(self.user_indptr, self.user_items, users), exclude=users)
+            return scores if items is None else scores.gather(1, items)
+
+        return score_users
+
+
+def neighbour_sums(users, weights, indptr, values, width):
+    """[rows, width]: for each row, the sum over its neighbours `users` [rows, k] of their `weights` on each value
+    their CSR row (indptr, values < width) holds."""
+    counts_indptr, held = csr_rows(indptr, values, users.reshape(-1))
+    counts = counts_indptr.diff()
+    rows = torch.arange(len(users), device=users.device).repeat_interleave(users.shape[1]).repeat_interleave(counts)
+    sums = torch.zeros(len(users) * width, device=users.device)
+    return sums.index_add_(0, rows * width + held, weights.reshape(-1).repeat_interleave(counts)).view(-1, width)
+
+
+MODELS = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE, "ials": IALS, "playlistknn": PlaylistKNN}
 
 
 def fit(name, data, **params):
@@ -384,7 +462,7 @@ def build_parser():
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    params = {key: getattr(args, key) for key in DEFAULTS[args.model] if getattr(args, key) is not None}
+    params = {key: getattr(args, key) for key in DEFAULTS[args.model] if getattr(args, key, None) is not None}
     for key in PARAMETERS:
         if getattr(args, key) is not None and key not in DEFAULTS[args.model]:
             p.error(f"--{key} is not a parameter of --model {args.model}")

@@ -36,6 +36,7 @@ TOP_TAGS = 50  # the fewest entries a row keeps
 FEATURE_WEIGHT = 0.0  # songs of a playlist with known songs: z(song scores) + FEATURE_WEIGHT x z(P(song | features))
 FOLD_IN = {"steps": 20, "lr": 0.05, "num_neg": 4, "seed": 0}  # chosen on a second Arena split of the sample (seed 1)
 CHUNK_ROWS = 1024  # playlists answered together: [CHUNK_ROWS, songs] float scores
+FOLD_IN_CHUNK = 1 << 16  # known songs whose fold-in loss is differentiated at once (their candidates' vectors held)
 
 
 def title_words(title):
@@ -101,23 +102,30 @@ def spread(indptr, keys, table, width):
     return out.view(len(indptr) - 1, width)
 
 
-class Vocabulary:
-    """What the training playlists (the split's training pairs and DATA_DIR/NAME.tags.json) say about tags and
-    title words: the tag and word indices, P(tag | song), P(tag | feature) and P(song | feature) for features = tags
-    and title words, and song and tag popularity."""
+def split_tags(data, data_dir):
+    """(tags, titles) of each user of the split `data`, from DATA_DIR/NAME.tags.json."""
+    tags_path = os.path.join(data_dir, f"{data.name}.tags.json")
+    playlists = read_json(tags_path, None)
+    if not isinstance(playlists, dict) or len(playlists.get("tags", ())) != data.num_users:
+        raise InputError(f"{tags_path}: not the tags file of this split (split.py writes it)")
+    return playlists["tags"], playlists["titles"]
 
-    def __init__(self, data, data_dir):
-        tags_path = os.path.join(data_dir, f"{data.name}.tags.json")
-        playlists = read_json(tags_path, None)
-        if not isinstance(playlists, dict) or len(playlists.get("tags", ())) != data.num_users:
-            raise InputError(f"{tags_path}: not the tags file of this split (split.py writes it)")
-        user_tags, titles = playlists["tags"], playlists["titles"]
+
+class Vocabulary:
+    """What the training playlists (the split's training pairs and DATA_DIR/NAME.tags.json, or `user_tags` and
+    `titles` given for each user) say about tags and title words: the tag and word indices, P(tag | song),
+    P(tag | feature) and P(song | feature) for features = tags and title words, song and tag popularity, and each
+    user's tags and features (user_tags, user_features: CSR)."""
+
+    def __init__(self, data, data_dir, user_tags=None, titles=None):
+        if user_tags is None:
+            user_tags, titles = split_tags(data, data_dir)
         self.tags = pd.Index(pd.unique(pd.Series([t for ts in user_tags for t in ts], dtype=object)))
         self.words = pd.Index(pd.unique(pd.Series([w for t in titles for w in title_words(t)], dtype=object)))
         self.num_songs, num_tags = data.num_items, len(self.tags)
         self.num_features = num_tags + len(self.words)
-        tag_indptr, tag_values = self.tag_csr(user_tags)
-        feature_indptr, features = self.features(user_tags, titles)
+        self.user_tags = tag_indptr, tag_values = self.tag_csr(user_tags)
+        self.user_features = feature_indptr, features = self.features(user_tags, titles)
         song_indptr, songs = data.seen_indptr.cpu(), data.seen_items.cpu()
         self.song_popularity = torch.bincount(songs, minlength=self.num_songs).float()
         self.tag_popularity = torch.bincount(tag_values, minlength=num_tags).float()
@@ -165,11 +173,11 @@ def with_user_tables(model, tables):
 
 
 def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN["lr"], num_neg=FOLD_IN["num_neg"],
-            seed=FOLD_IN["seed"]):
+            seed=FOLD_IN["seed"], losses=None):
     """A model for playlists the model has never seen, row r of the CSR (indptr, songs) being playlist r: its user
     tables are fitted to each playlist's songs against `num_neg` random songs a song (redrawn every step, seeded),
     all playlists at once, by Adam on the model's own loss, from the trained users' mean; the item side and layers
-    are frozen (shared with `model`). On the model's device."""
+    are frozen (shared with `model`). On the model's device. `losses`: a list each step's loss is appended to."""
     device = next(model.parameters()).device
     indptr, songs = indptr.to(device), songs.to(device)
     names = [name for name, _ in model.named_children() if name.startswith("user_")]
@@ -190,10 +198,17 @@ def fold_in(model, indptr, songs, num_items, steps=FOLD_IN["steps"], lr=FOLD_IN[
         for step in range(steps):
             progress(step)
             negatives = torch.randint(num_items, (len(songs), num_neg), generator=generator, device=device)
-            loss = F.binary_cross_entropy_with_logits(score(rows, torch.cat([songs[:, None], negatives], 1)), labels)
+            candidates = torch.cat([songs[:, None], negatives], 1)
             optimizer.zero_grad()
-            loss.backward()
+            loss = 0.0
+            for part in torch.arange(len(songs), device=device).split(FOLD_IN_CHUNK):  # the mean loss's gradient,
+                part_loss = F.binary_cross_entropy_with_logits(  # a chunk of songs at a time (bounded memory)
+                    score(rows[part], candidates[part]), labels[part], reduction="sum") / labels.numel()
+                part_loss.backward()
+                loss += part_loss.item()
             optimizer.step()
+            if losses is not None:
+                losses.append(loss)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -321,9 +336,10 @@ def listed(values, scores):
     return [row[keep].tolist() for row, keep in zip(values, kept)]
 
 
-def model_songs(model, num_items, fold_in_all=False, timings=None):
+def model_songs(model, num_items, fold_in_all=False, timings=None, fold_in_settings=None):
     """A song_source for a trained model (on any device; the scores come back to the CPU): users score with their
-    own embeddings; the other playlists (every one with fold_in_all) are folded in first, all at once."""
+    own embeddings; the other playlists (every one with fold_in_all) are folded in first, all at once (with
+    `fold_in_settings` over FOLD_IN's)."""
     device = next(model.parameters()).device
 
     def song_source(users, indptr, songs):
@@ -332,7 +348,8 @@ def model_songs(model, num_items, fold_in_all=False, timings=None):
         folded_row = torch.full((len(users),), -1, dtype=torch.int64)
         folded_row[rows] = torch.arange(len(rows))
         started = time.perf_counter()
-        folded = fold_in(model, *csr_rows(indptr, songs, rows), num_items) if len(rows) else None
+        folded = fold_in(model, *csr_rows(indptr, songs, rows), num_items, **(fold_in_settings or {})) \
+            if len(rows) else None
         if timings is not None:
             timings.update(fold_in_seconds=time.perf_counter() - started, folded_in=len(rows))
         with torch.no_grad():

@@ -16,6 +16,7 @@ import os
 import sys
 import unicodedata
 
+import blend
 import continuation
 import dataloader
 from arena import ARENA_TAGS, arena_line, read_task
@@ -86,8 +87,28 @@ def print_similar(model, data, song_id, k):
     print(item_table(catalog, top.tolist(), similarity.tolist(), "cosine"))
 
 
+def chosen_method(checkpoint, args):
+    """The blend.py method of --continue / --playlist, or None for the seed's Continuation: --method's, else the one
+    the checkpoint's run validated (main.py --recipe arena); one line says which."""
+    recorded = (checkpoint or {}).get("continuation")
+    if args.method is None and (recorded is None or args.baseline is not None):
+        return None
+    method = blend.named_method(recorded or blend.UNVALIDATED, args.method or recorded["name"])
+    how = ("validated by main.py --recipe arena" if args.method is None
+           else f"--method, with the {'validated' if recorded else 'default (no validated method in the checkpoint)'} "
+                f"settings")
+    weights = "; ".join(f"{part} " + ", ".join(f"{k} {w:g}" for k, w in method[part].items() if w)
+                        for part in blend.PARTS if method[part])
+    print(f"method: {method['name']} ({how}){': ' + weights if weights else ''}")
+    return method
+
+
 def answering_for(model, data, data_dir, args, timings=None):
-    """The Continuation of --continue / --playlist: the model's songs (or a --baseline's), --tag_method's tags."""
+    """What answers --continue / --playlist: the blend.py method of chosen_method (args.method_settings), else the
+    model's songs (or a --baseline's) with --tag_method's tags."""
+    if args.method_settings is not None:
+        return blend.Scorers(data, continuation.Vocabulary(data, data_dir), args.method_settings, model,
+                             args.fold_in == "all", timings, say=print)
     if args.baseline is not None:
         return continuation.for_baseline(args.baseline, data, data_dir, args.tag_method, args.feature_weight)
     return continuation.for_model(model, data, data_dir, args.fold_in == "all", args.tag_method, args.feature_weight,
@@ -105,9 +126,12 @@ def continue_questions(model, data, data_dir, args, task):
               f"unknown to the model (not in split {data.name!r}): skipped")
     folded = (f"{timings['folded_in']:,} folded in ({timings['fold_in_seconds']:.1f}s), "
               if timings.get("folded_in") else "")
+    parts = (f"songs {timings.get('songs_seconds', 0):.1f}s, tags {timings.get('tags_seconds', 0):.1f}s"
+             if args.method_settings is None else
+             f"neighbours and model {timings['prepare_seconds']:.1f}s, blend "
+             f"{timings['answer_seconds'] - timings['prepare_seconds']:.1f}s")
     print(f"wrote {args.out}: {plural(len(done['results']), 'playlist')}, 100 songs and 10 tags each, in "
-          f"{done['seconds']:.1f}s ({folded}songs {timings.get('songs_seconds', 0):.1f}s, tags "
-          f"{timings.get('tags_seconds', 0):.1f}s)")
+          f"{done['seconds']:.1f}s ({folded}{parts})")
     if done["score"] is not None:
         print(arena_line(*done["score"]))
 
@@ -167,6 +191,10 @@ def build_parser():
     parser.add_argument("--baseline", choices=["pop", "itemknn", "ease", "ials"], default=None,
                         help="--continue/--playlist: songs from this non-neural baseline (baselines.py) fitted on "
                              "the checkpoint's split instead of the model, or without --checkpoint on --dataset's")
+    parser.add_argument("--method", choices=blend.METHODS, default=None,
+                        help="--continue/--playlist: answer by this method (blend.py) instead of the one the "
+                             "checkpoint's run validated (main.py --recipe arena): the model alone, a neighbour "
+                             "method alone, the blend, most popular")
     parser.add_argument("--data_dir", default=None, help="the split's directory (default: the checkpoint's; "
                         "without --checkpoint: data)")
     parser.add_argument("--dataset", help="the split's name (default: the checkpoint's); a checkpoint's model must "
@@ -186,6 +214,8 @@ def parse_args(argv=None):
         parser.error("--checkpoint is required (or --baseline NAME --dataset NAME with --continue or --playlist)")
     if args.k is not None and args.k < 1:
         parser.error("--k must be at least 1")
+    if args.method is not None and (args.baseline is not None or not (args.continue_ or args.playlist)):
+        parser.error("--method goes with --continue or --playlist, not with --baseline")
     if not math.isfinite(args.feature_weight):
         parser.error(f"--feature_weight must be a finite number, got {args.feature_weight}")
     return args
@@ -234,11 +264,13 @@ def main(argv=None):
         data_dir = args.data_dir or "data"
         check_out_against_split(args, data_dir, args.dataset)
         data = dataloader.load(data_dir, args.dataset, device)
+        args.method_settings = chosen_method(None, args)
         return run_task(None, data, data_dir, args, 10 if args.k is None else args.k, task)
     checkpoint = load_checkpoint(args.checkpoint, device)
     data_dir, dataset = split_of(checkpoint, args.checkpoint, args.data_dir, args.dataset)
     check_out_against_split(args, data_dir, dataset)
     data = dataloader.load(data_dir, dataset, device)
+    args.method_settings = chosen_method(checkpoint, args) if args.continue_ or args.playlist else None
     model = model_from_checkpoint(checkpoint, data, args.checkpoint)
     changed = split_changes(checkpoint, data_dir, dataset)
     if changed:

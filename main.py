@@ -24,6 +24,7 @@ import torch
 import continuation
 import dataloader
 import distributed
+import recipe
 from arena import arena_line, read_task
 from catalog import item_names
 from model import MODELS, ModelConfig, build_model, init_embeddings, load_pretrained, model_size
@@ -113,6 +114,9 @@ def build_parser():
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (one is fastest for small batches, and robust on a busy machine)")
     p.add_argument("--log_every", type=int, default=10, help="log the training loss every this many steps")
+    p.add_argument("--recipe", choices=["arena"], default=None,
+                   help="arena: the playlist continuation recipe on a split with Arena questions (recipe.py): every "
+                        "setting chosen on validation questions carved from the training playlists")
     return p
 
 
@@ -230,6 +234,8 @@ def check_memory(args, data, device):
 def main(argv=None):
     args = parse_args(argv)
     given = given_flags(argv)
+    if args.recipe == "arena":
+        return recipe.run(args, given)
     checkpoint = resume(args, given) if args.resume else None  # first: the checkpoint's --gpu chooses the device
     gpus = gpu_indices(args.gpu)
     if gpus and len(gpus) > 1 and not distributed.launched() and torch.cuda.is_available():

@@ -160,7 +160,10 @@ class MF(nn.Module):
     def candidate_scorer(self):
         """As NCF.candidate_scorer: (users [rows], items [rows, candidates] or None) -> logits [rows, candidates]."""
         def score(users, items=None):
-            products = (self.user_gmf(users)[:, None, :] * per_item(self.item_gmf.weight, items)).sum(-1)
+            if items is None:  # every item: one matrix product, never a [rows, items, factor] product
+                products = self.user_gmf(users) @ self.item_gmf.weight.t()
+            else:
+                products = (self.user_gmf(users)[:, None, :] * per_item(self.item_gmf.weight, items)).sum(-1)
             return products + self.user_bias(users) + per_item(self.item_bias.weight[:, 0], items) + self.bias
 
         return score

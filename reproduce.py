@@ -38,7 +38,8 @@ def fetch(name, flags=""):
     return f"datasets.py {name}{flags}" + (f" --base_url file://{copy}/" if os.path.isdir(copy) else "")
 
 
-SYNTHETIC = {"sample": "synthetic.py --out data/sample", "melon_syn": "synthetic.py --scale melon --out data/melon_syn"}
+SYNTHETIC = {"sample": "synthetic.py --out data/sample", "melon_syn": "synthetic.py --scale melon --out data/melon_syn",
+             "seed11": "synthetic.py --out data/seed11 --seed 11"}  # seed11: a second sample, drawn with seed 11
 SPLITS = {  # dataset -> the commands that make it in data/ (commands joined by && run in turn)
     "ml-1m": fetch("ml-1m"),
     "ml-1m_val": fetch("ml-1m", " --val"),
@@ -122,9 +123,9 @@ def large_batch(batch, lr, betas, negatives, dense, readme):
 
 
 def arena(scale, command, readme="", then=""):
-    """An experiment of the Kakao Arena task on the local Arena split of the synthetic data at `scale` (sample or
-    melon): `command` with {arena} for the split's flags and {questions} for --continue's; readme: song nDCG@100 /
-    tag nDCG@10 / score."""
+    """An experiment of the Kakao Arena task on the local Arena split of the synthetic data at `scale` (sample,
+    melon or seed11): `command` with {arena} for the split's flags and {questions} for --continue's; readme: song
+    nDCG@100 / tag nDCG@10 / score."""
     data = f"--data_dir data --dataset {scale}_arena"
     questions = f"--continue data/{scale}_arena.questions.json --answers data/{scale}_arena.answers.json"
     return Experiment(command.format(arena=data, questions=questions), readme=readme,
@@ -149,6 +150,30 @@ ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULT
     "arena-melon-pop": arena("melon", "evaluate.py --baseline pop {arena} {questions}", "0.0141 / 0.2480 / 0.0492"),
     "arena-melon-itemknn": arena("melon", "evaluate.py --baseline itemknn {arena} {questions}",
                                  "0.2953 / 0.5908 / 0.3396"),
+    **{f"arena-{scale}-recipe": arena(scale, "main.py --recipe arena {arena}", figure)
+       for scale, figure in (("sample", "0.2226 / 0.6015 / 0.2795"), ("melon", "0.3307 / 0.5911 / 0.3698"))},
+    **{f"arena-{scale}-recipe-{method}": arena(  # the recipe, then its checkpoint answering by one method alone
+        scale, "main.py --recipe arena {arena}", figure,
+        then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/" + method + ".json --method "
+             + method)
+       for scale, method, figure in (("sample", "model", "0.2148 / 0.6003 / 0.2727"),
+                                     ("sample", "neighbours", "0.2208 / 0.6015 / 0.2779"),
+                                     ("sample", "playlistknn", "0.2142 / 0.5508 / 0.2647"),
+                                     ("melon", "model", "0.2961 / 0.5908 / 0.3403"),
+                                     ("melon", "neighbours", "0.3302 / 0.5911 / 0.3693"),
+                                     ("melon", "playlistknn", "0.3244 / 0.5560 / 0.3592"))},
+    **{f"arena-{scale}-recipe-foldin-all": arena(  # every question folded into the recipe's model
+        scale, "main.py --recipe arena {arena}", figure,
+        then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/folded.json --method model "
+             "--fold_in all")
+       for scale, figure in (("sample", "0.1987 / 0.6003 / 0.2590"), ("melon", "0.2849 / 0.5908 / 0.3308"))},
+    "arena-seed11-itemknn": arena("seed11", "evaluate.py --baseline itemknn {arena} {questions}",
+                                  "0.2146 / 0.5513 / 0.2651"),
+    "arena-seed11-recipe": arena("seed11", "main.py --recipe arena {arena}", "0.2186 / 0.5669 / 0.2708"),
+    "arena-seed11-recipe-playlistknn": arena(
+        "seed11", "main.py --recipe arena {arena}", "0.2113 / 0.5388 / 0.2605",
+        then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/playlistknn.json --method "
+             "playlistknn"),
 }
 
 

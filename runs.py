@@ -281,6 +281,17 @@ def new_run_dir(parent):
     raise InputError(f"--save_dir: too many runs in {parent} started at {stamp}")
 
 
+def results_dir(save_dir, parent):
+    """Where a one-shot run (no checkpoints to resume) writes: `save_dir` (made), refused when it holds an earlier
+    run's results.json, else a new_run_dir of `parent`."""
+    if not save_dir:
+        return new_run_dir(parent)[0]
+    make_dirs(save_dir)
+    if os.path.exists(os.path.join(save_dir, "results.json")):
+        raise InputError(f"--save_dir {save_dir} holds an earlier run's results.json: choose another")
+    return save_dir
+
+
 def carry_best(resume_path, save_dir):
     """SAVE_DIR/best.pt from the best.pt beside the --resume checkpoint, when there is one: a run resumed into
     another directory keeps its best epoch so far."""

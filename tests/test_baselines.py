@@ -34,6 +34,13 @@ def reference_scores(name, data, **params):
         b = -p / p.diagonal()
         b.fill_diagonal_(0.0)
         return x @ b
+    if name == "playlistknn":
+        lengths = x.sum(1).clamp(min=1)
+        similarity = (x * x.sum(0).clamp(min=1) ** -params["idf"]) @ x.T
+        similarity /= lengths[:, None] ** params["alpha"] * lengths[None, :] ** (1 - params["alpha"])
+        similarity.fill_diagonal_(0.0)  # never its own neighbour
+        top = similarity.topk(params["neighbours"], dim=1)
+        return torch.zeros_like(similarity).scatter_(1, top.indices, top.values ** params["power"]) @ x
     norms = x.sum(0).sqrt()
     similarity = gram / (norms[:, None] * norms[None, :] + params["shrink"] + 1e-6)
     similarity.fill_diagonal_(0.0)
@@ -43,7 +50,8 @@ def reference_scores(name, data, **params):
 
 
 @pytest.mark.parametrize("name,params", [("pop", {}), ("itemknn", {"neighbours": 20, "shrink": 5.0}),
-                                         ("ease", {"l2": 30.0})])
+                                         ("ease", {"l2": 30.0}),
+                                         ("playlistknn", {"neighbours": 20, "alpha": 0.7, "power": 2.0, "idf": 0.5})])
 def test_scores_match_a_dense_reference_on_both_paths(data, name, params):
     model = baselines.fit(name, data, **params)
     assert not list(model.parameters())  # buffers only
@@ -64,8 +72,9 @@ def test_history_scores_of_new_item_sets_match_the_users_with_those_items(data):
     for name in baselines.NAMES:
         model = baselines.fit(name, data)
         expected = model.candidate_scorer()(users)
-        torch.testing.assert_close(model.history_scores(set_indptr, set_items), expected)
-        torch.testing.assert_close(model.history_scores(set_indptr * 2, doubled), expected)
+        own = {"exclude": users} if name == "playlistknn" else {}  # the user itself is not its own neighbour
+        torch.testing.assert_close(model.history_scores(set_indptr, set_items, **own), expected)
+        torch.testing.assert_close(model.history_scores(set_indptr * 2, doubled, **own), expected)
 
 
 def test_blockwise_pair_counts_equal_the_dense_product(data, monkeypatch):

@@ -12,7 +12,7 @@ FLOORS = [  # lowest first
     ("data", {"dataloader", "split", "synthetic", "arena", "catalog", "datasets"}),
     ("runs", {"runs", "wandb_log", "distributed"}),
     ("training", {"training"}),
-    ("scoring", {"scoring", "continuation", "baselines", "recipe"}),
+    ("scoring", {"scoring", "continuation", "baselines", "blend", "recipe"}),
     ("cli", {"evaluate"}),
     ("driver", {"main", "bench", "grid", "reproduce"}),
 ]
