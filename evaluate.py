@@ -23,7 +23,7 @@ from arena import ARENA_TAGS, arena_line, read_task
 from catalog import item_names, playlist_title
 from runs import SPLIT_SUFFIXES, load_checkpoint, model_from_checkpoint, split_changes, split_of
 from scoring import recommend, score, similar_items, user_items
-from utils import InputError, Parser, check_output, plural, resolve_device, run_cli
+from utils import InputError, Parser, check_output, keep_freed_memory, plural, resolve_device, run_cli
 
 
 def index_of(original, ids, flag, what):
@@ -258,6 +258,7 @@ def run_task(model, data, data_dir, args, k, task):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_freed_memory()
     task = read_inputs(args)
     device = resolve_device(args.gpu)
     if args.checkpoint is None:

@@ -33,7 +33,8 @@ from runs import (RESUMABLE_FLAGS, SaveDir, carry_best, check_split_unchanged, c
                   load_pretrained_checkpoints, restart_point, run_provenance, save_checkpoint, split_of)
 from scoring import recommend, score
 from training import Diverged, Position, Stopped, epoch_size, make_step, train_epoch, uses_sparse_updates
-from utils import MAX_THREADS, InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes, one_line
+from utils import (MAX_THREADS, InputError, Parser, atomic_open, available_memory, gpu_indices, human_bytes,
+                   keep_freed_memory, one_line)
 from wandb_log import WANDB_PROJECT, log_epoch, start_wandb
 
 SHOWN_PLAYLISTS = 3  # playlists whose top-K recommendations are logged at every evaluation
@@ -235,6 +236,7 @@ def main(argv=None):
     args = parse_args(argv)
     given = given_flags(argv)
     if args.recipe == "arena":
+        keep_freed_memory()
         return recipe.run(args, given)
     checkpoint = resume(args, given) if args.resume else None  # first: the checkpoint's --gpu chooses the device
     gpus = gpu_indices(args.gpu)

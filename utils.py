@@ -2,6 +2,7 @@
 before the work and written atomically, links, the CLI parser, progress lines, directory locks, what runs the code
 (provenance) and the memory left on a device."""
 import argparse
+import ctypes
 import json
 import os
 import stat
@@ -393,6 +394,21 @@ def code_provenance(device):
     return {"git_commit": commit, "git_dirty": bool(status) if commit else None,
             "python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(numpy.__version__),
             "cuda": torch.version.cuda, "device": str(device), "device_name": name, **numerics_provenance()}
+
+
+def keep_freed_memory(top_pad=64 << 20):
+    """Ask the C library's malloc to keep the memory of freed tensors for the next ones instead of returning it to
+    the kernel: otherwise every tensor over 32 MB (a block of [rows, songs] scores in playlist continuation) is a
+    fresh mmap whose pages fault in one at a time, which at Melon scale took more than half of the wall time. The
+    process keeps its high-water mark of memory instead. Nothing where malloc has no mallopt (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # glibc's malloc.h
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2 ** 31 - 1)
+    mallopt(m_top_pad, top_pad)
 
 
 def available_memory(device):
