@@ -16,6 +16,7 @@ import os
 import sys
 import unicodedata
 
+import baselines
 import blend
 import continuation
 import dataloader
@@ -188,7 +189,7 @@ def build_parser():
     parser.add_argument("--feature_weight", type=float, default=continuation.FEATURE_WEIGHT,
                         help="--continue/--playlist: weight of the songs that a playlist's tags and title words "
                              "co-occur with, added to its song scores (both standardised); 0: song scores alone")
-    parser.add_argument("--baseline", choices=["pop", "itemknn", "ease", "ials"], default=None,
+    parser.add_argument("--baseline", choices=baselines.NAMES, default=None,
                         help="--continue/--playlist: songs from this non-neural baseline (baselines.py) fitted on "
                              "the checkpoint's split instead of the model, or without --checkpoint on --dataset's")
     parser.add_argument("--method", choices=blend.METHODS, default=None,
