@@ -176,11 +176,17 @@ def read_task(questions_path, answers_path=None):
                   if answered - asked else ""]
         raise InputError(f"{answers_path}: its playlist ids are not those of {questions_path}: "
                          + ", ".join(filter(None, differ)))
+    check_answers(answers, answers_path)
+    return questions, answers
+
+
+def check_answers(answers, where="answers"):
+    """An InputError naming `where` and the first answer with no songs or no tags: it has no ideal DCG to score
+    against."""
     for field in ("songs", "tags"):
         empty = next((answer["id"] for answer in answers if not answer[field]), None)
         if empty is not None:
-            raise InputError(f"{answers_path}: playlist {empty} has no {field} to score against")
-    return questions, answers
+            raise InputError(f"{where}: playlist {empty} has no {field} to score against")
 
 
 def write_results(path, results):
@@ -236,10 +242,7 @@ def arena_score(results, answers, where="results"):
     by_id = {answer["id"]: answer for answer in answers}
     check_arena_results(results, list(by_id), where)
     truths = [by_id[entry["id"]] for entry in results]
-    for field in ("songs", "tags"):
-        empty = next((truth["id"] for truth in truths if not truth[field]), None)
-        if empty is not None:
-            raise InputError(f"answers: playlist {empty} has no {field} to score against")
+    check_answers(truths)
     song = list_ndcg([e["songs"] for e in results], [t["songs"] for t in truths], ARENA_SONGS).mean()
     tag = list_ndcg([e["tags"] for e in results], [t["tags"] for t in truths], ARENA_TAGS).mean()
     return float(song), float(tag), float(ARENA_WEIGHTS[0] * song + ARENA_WEIGHTS[1] * tag)

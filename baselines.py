@@ -32,8 +32,8 @@ from torch import nn
 import dataloader
 from scoring import score
 from dataloader import csr_rows, row_ids
-from runs import make_dirs, new_run_dir, run_provenance
-from utils import MAX_THREADS, InputError, Parser, atomic_open, check_output, run_cli
+from runs import check_results_dir, results_dir, run_provenance
+from utils import MAX_THREADS, Parser, atomic_open, check_output, run_cli
 
 NAMES = ("pop", "itemknn", "ease", "ials", "playlistknn")
 DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0}, "ease": {"l2": 500.0},
@@ -330,7 +330,7 @@ class PlaylistKNN(Baseline):
         """(users [rows, neighbours], weights [rows, neighbours]) of distinct item sets: each set's nearest training
         users and their weights (0 where the set shares nothing with them), never the user `exclude` [rows] names
         (-1: none); a block of rows at a time, so that no more than MAX_BLOCK similarities are held at once, with
-        progress(rows done, rows) after each."""
+        progress(rows done) after each."""
         num_users = len(self.user_norms)
         users, weights = [], []
         for begin in range(0, len(indptr) - 1, max(1, MAX_BLOCK // num_users)):
@@ -349,7 +349,7 @@ class PlaylistKNN(Baseline):
             users.append(top.indices)
             weights.append(top.values ** self.power)
             if progress is not None:
-                progress(int(rows[-1]) + 1, len(indptr) - 1)
+                progress(int(rows[-1]) + 1)
         return torch.cat(users), torch.cat(weights)
 
     def history_scores(self, indptr, items, exclude=None):
@@ -482,15 +482,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     args.dataset = args.dataset or dataloader.default_dataset(args.data_dir)
     if args.save_dir:  # checked before the work, made after the split loads
-        if os.path.exists(os.path.join(args.save_dir, "results.json")):
-            raise InputError(f"--save_dir {args.save_dir} holds an earlier run's results.json: choose another")
+        check_results_dir(args.save_dir)
         check_output(os.path.join(args.save_dir, "results.json"), "--save_dir")
     data = dataloader.load(args.data_dir, args.dataset)
-    if args.save_dir:
-        make_dirs(args.save_dir)
-        save_dir = args.save_dir
-    else:
-        save_dir, _ = new_run_dir(os.path.join("runs", args.dataset, f"baseline-{args.model}"))
+    save_dir = results_dir(args.save_dir, os.path.join("runs", args.dataset, f"baseline-{args.model}"))
     provenance = run_provenance(args, data.device)
     started = time.perf_counter()
     table = None

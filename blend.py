@@ -16,7 +16,7 @@ import continuation
 from arena import ARENA_SONGS, ARENA_TAGS
 from continuation import CHUNK_ROWS, standardised
 from dataloader import csr_rows, row_ids
-from utils import InputError
+from utils import InputError, Progress
 
 SONG_SCORERS = ("model", "itemknn", "playlistknn", "features")
 TAG_SCORERS = ("title", "songs", "neighbours")
@@ -63,8 +63,9 @@ class Scorers:
     not use it)."""
 
     def __init__(self, data, vocabulary, method, model=None, fold_in_all=False, timings=None, fitted=None,
-                 say=None):
-        self.data, self.vocabulary, self.method, self.say = data, vocabulary, method, say
+                 show_progress=False):
+        self.data, self.vocabulary, self.method = data, vocabulary, method
+        self.show_progress = show_progress
         self.base = continuation.Continuation(data, vocabulary, None)
         fitted = {} if fitted is None else fitted  # {(name, settings): fitted baseline}, kept between calls
 
@@ -100,12 +101,12 @@ class Scorers:
 
     def answer(self, playlists, k_songs=ARENA_SONGS, k_tags=ARENA_TAGS, timings=None):
         """As continuation.Continuation.answer (its contract: results, top song indices and scores, unknown songs),
-        by self.method, CHUNK_ROWS playlists at a time; with `say`, progress lines on the way."""
+        by self.method, CHUNK_ROWS playlists at a time; with `show_progress`, progress lines on the way."""
         timings = {} if timings is None else timings
         started = time.perf_counter()
-        prepared = self.prepare(playlists, self.say and progress_line(self.say, "neighbours"))
+        prepared = self.prepare(playlists, self.progress("neighbours", len(playlists)))
         timings["prepare_seconds"] = time.perf_counter() - started
-        answered = self.say and progress_line(self.say, "answered")
+        answered = self.progress("answered", len(playlists))
         songs, scores, tags = [], [], []
         for begin in range(0, len(playlists), CHUNK_ROWS):
             rows = torch.arange(begin, min(begin + CHUNK_ROWS, len(playlists)))
@@ -114,10 +115,14 @@ class Scorers:
             scores.append(best_scores)
             tags.append(top_tags(prepared, rows, self.method, k=k_tags))
             if answered:
-                answered(int(rows[-1]) + 1, len(playlists))
+                answered(int(rows[-1]) + 1)
         songs, scores, tags = torch.cat(songs), torch.cat(scores), torch.cat(tags)
         timings["answer_seconds"] = time.perf_counter() - started
         return self.as_results(playlists, songs, tags), songs, scores, prepared.unknown
+
+    def progress(self, what, playlists):
+        """A utils.Progress of `what` over that many playlists, or None without show_progress."""
+        return Progress(what, playlists, "playlist") if self.show_progress else None
 
     def as_results(self, playlists, top_songs, top_tags):
         """results.json entries of `playlists` from top song and tag indices."""
@@ -150,7 +155,7 @@ class Prepared:
 
     def nearest(self, progress=None):
         """(users [rows, k], weights [rows, k]): each playlist's neighbours by its songs, or by its features;
-        progress(rows done, rows) as they are found."""
+        progress(playlists done) as they are found."""
         s = self.scorers
         with_songs = self.has_songs.nonzero().squeeze(1)
         without = (~self.has_songs).nonzero().squeeze(1)
@@ -161,8 +166,7 @@ class Prepared:
         for rows, knn, (indptr, keys) in ((with_songs, s.by_songs, (self.indptr, self.songs)),
                                           (without, s.by_features, self.features)):
             if len(rows):
-                step = None if progress is None else \
-                    lambda rows_done, _, before=done: progress(before + rows_done, len(self.playlists))
+                step = None if progress is None else lambda rows_done, before=done: progress(before + rows_done)
                 found = knn.nearest(*csr_rows(indptr, keys, rows), exclude=self.users[rows], progress=step)
                 users[rows, :found[0].shape[1]], weights[rows, :found[1].shape[1]] = found
             done += len(rows)
@@ -248,16 +252,4 @@ def top_tags(prepared, rows, method, tag_scores=None, k=ARENA_TAGS):
                        blended(tag_scores, method["tags"], s.tag_popularity, len(rows)),
                        blended(tag_scores, method["tags_no_title"], s.tag_popularity, len(rows)))
     return tags.masked_fill_(prepared.own(rows)[1], float("-inf")).topk(k, dim=1).indices
-
-
-def progress_line(say, what, every=10.0):
-    """A progress(done, total) that says how far `what` is (at most every `every` seconds)."""
-    last = [time.perf_counter()]
-
-    def progress(done, total):
-        if time.perf_counter() - last[0] >= every and done < total:
-            say(f"  {what}: {done:,} of {total:,} playlists")
-            last[0] = time.perf_counter()
-
-    return progress
 

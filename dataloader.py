@@ -204,8 +204,7 @@ def load(data_dir, name, device="cpu", exclude_test_negatives=True):
     if exclude_test_negatives:
         avoid_users += [np.repeat(test_users, test_items.shape[1]), np.repeat(val_users, val_items.shape[1])]
         avoid_items += [test_items.ravel(), val_items.ravel()]
-    forbidden = np.sort(np.concatenate(avoid_users) * num_items + np.concatenate(avoid_items))
-    forbidden = forbidden[np.append(True, forbidden[1:] != forbidden[:-1])]  # np.unique is far slower here
+    forbidden = forbidden_keys(np.concatenate(avoid_users), np.concatenate(avoid_items), num_items)
     per_user = np.bincount(forbidden // num_items, minlength=num_users)
     if (per_user[train_users] >= num_items).any():
         user = int(np.flatnonzero(per_user >= num_items)[0])
@@ -214,17 +213,25 @@ def load(data_dir, name, device="cpu", exclude_test_negatives=True):
     def tensor(array):
         return torch.from_numpy(np.array(array, dtype=np.int64)).to(device)
 
-    forbidden = tensor(forbidden)
-    if num_users * num_items <= BITMAP_MAX_BITS:
-        forbidden = key_bitmap(forbidden, num_users * num_items)
-
     return Data(
         name=name, num_users=num_users, num_items=num_items,
         train_users=tensor(train_users), train_items=tensor(train_items),
         test=Candidates(tensor(test_users), tensor(test_items)),
         val=Candidates(tensor(val_users), tensor(val_items)) if has_val else None,
         seen_indptr=tensor(seen_indptr), seen_items=tensor(seen_items),
-        forbidden=forbidden, meta=meta)
+        forbidden=forbidden_tensor(forbidden, num_users, num_items, device), meta=meta)
+
+
+def forbidden_keys(users, items, num_items):
+    """The sorted distinct keys user * num_items + item of the (user, item) pairs (numpy arrays)."""
+    keys = np.sort(users * num_items + items)
+    return keys[np.append(True, keys[1:] != keys[:-1])]  # np.unique is far slower here
+
+
+def forbidden_tensor(keys, num_users, num_items, device="cpu"):
+    """Data.forbidden from forbidden_keys: a bitmap (key_bitmap) where every key fits BITMAP_MAX_BITS, else the keys."""
+    keys = torch.from_numpy(np.array(keys, dtype=np.int64)).to(device)
+    return key_bitmap(keys, num_users * num_items) if num_users * num_items <= BITMAP_MAX_BITS else keys
 
 
 def epoch_generator(data, seed, epoch):

@@ -109,7 +109,7 @@ def answering_for(model, data, data_dir, args, timings=None):
     model's songs (or a --baseline's) with --tag_method's tags."""
     if args.method_settings is not None:
         return blend.Scorers(data, continuation.Vocabulary(data, data_dir), args.method_settings, model,
-                             args.fold_in == "all", timings, say=print)
+                             args.fold_in == "all", timings, show_progress=True)
     if args.baseline is not None:
         return continuation.for_baseline(args.baseline, data, data_dir, args.tag_method, args.feature_weight)
     return continuation.for_model(model, data, data_dir, args.fold_in == "all", args.tag_method, args.feature_weight,

@@ -9,7 +9,8 @@ they are tested against), and the update is a handful of operations on the batch
 outside the batch untouched) or on the whole table (dense, the seed's update), plus one on the flat buffer.
 AutogradStep is the plain path (autograd through model.py and a torch.optim optimizer, with LazyAdam for
 sparse gradients), for Adagrad, RMSprop and --amp, and wherever the fused step disagrees with the model's forward:
-fused_step_agrees runs one step of each on copies of a model and compares them (training.make_step asks it).
+fused_step_agrees compares the fused step's loss and gradients with autograd's through forward on copies of a model
+(training.make_step asks it).
 """
 import copy
 
@@ -391,10 +392,11 @@ def fused_step_agrees(model, optim="adam", lr=1e-3, betas=(0.9, 0.999), l2=0.0, 
     labels = torch.randint(2, (pairs,), generator=generator).float().to(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         by_autograd, by_fused = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+        logits = by_autograd(users, items)
         with torch.no_grad():
-            if not torch.equal(by_autograd(users, items), by_autograd(users, items)):
+            if not torch.equal(logits, by_autograd(users, items)):
                 return False, "its training-mode output is not reproducible (dropout?)"
-        expected = F.binary_cross_entropy_with_logits(by_autograd(users, items).float(), labels, reduction="sum")
+        expected = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum")
         (expected / pairs).backward()
         try:
             fused = FusedStep(by_fused, optim, lr, betas, l2=l2, sparse=sparse)

@@ -92,12 +92,9 @@ def cut_to_questions(data, users, songs):
     new_users, new_items = new_users[order], new_items[order]
     seen_indptr, seen_items = dataloader.csr_by_user(new_users, new_items, data.num_users)
     test_users, test_items = data.test.users.cpu().numpy(), data.test.items.cpu().numpy()
-    forbidden = np.unique(np.concatenate([new_users * data.num_items + new_items,
-                                          np.repeat(test_users, test_items.shape[1]) * data.num_items
-                                          + test_items.ravel()]))
-    forbidden = torch.from_numpy(forbidden)
-    if data.num_users * data.num_items <= dataloader.BITMAP_MAX_BITS:
-        forbidden = dataloader.key_bitmap(forbidden, data.num_users * data.num_items)
+    forbidden = dataloader.forbidden_keys(np.concatenate([new_users, np.repeat(test_users, test_items.shape[1])]),
+                                          np.concatenate([new_items, test_items.ravel()]), data.num_items)
+    forbidden = dataloader.forbidden_tensor(forbidden, data.num_users, data.num_items)
     return dataclasses.replace(data, train_users=torch.from_numpy(new_users), train_items=torch.from_numpy(new_items),
                                seen_indptr=torch.from_numpy(seen_indptr), seen_items=torch.from_numpy(seen_items),
                                forbidden=forbidden, val=None)
@@ -255,7 +252,7 @@ def continue_split(model, data, data_dir, method, save_dir, say):
     and "song", "tag", "score" where the split has answers}."""
     paths, answers_path = split_questions(data)
     started = time.perf_counter()
-    scorers = blend.Scorers(data, continuation.Vocabulary(data, data_dir), method, model, say=say)
+    scorers = blend.Scorers(data, continuation.Vocabulary(data, data_dir), method, model, show_progress=True)
     record = {}
     for path in paths:
         name = "submission" + ("" if len(paths) == 1 else "-" + os.path.splitext(os.path.basename(path))[0])

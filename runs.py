@@ -281,14 +281,19 @@ def new_run_dir(parent):
     raise InputError(f"--save_dir: too many runs in {parent} started at {stamp}")
 
 
-def results_dir(save_dir, parent):
-    """Where a one-shot run (no checkpoints to resume) writes: `save_dir` (made), refused when it holds an earlier
-    run's results.json, else a new_run_dir of `parent`."""
-    if not save_dir:
-        return new_run_dir(parent)[0]
-    make_dirs(save_dir)
+def check_results_dir(save_dir):
+    """A one-line error when --save_dir `save_dir` holds an earlier run's results.json, which a one-shot run (no
+    checkpoints to resume) never replaces."""
     if os.path.exists(os.path.join(save_dir, "results.json")):
         raise InputError(f"--save_dir {save_dir} holds an earlier run's results.json: choose another")
+
+
+def results_dir(save_dir, parent):
+    """Where a one-shot run writes: `save_dir` (made; check_results_dir), else a new_run_dir of `parent`."""
+    if not save_dir:
+        return new_run_dir(parent)[0]
+    check_results_dir(save_dir)
+    make_dirs(save_dir)
     return save_dir
 
 
