@@ -36,7 +36,8 @@ from runs import check_results_dir, results_dir, run_provenance
 from utils import MAX_THREADS, Parser, atomic_open, check_output, run_cli
 
 NAMES = ("pop", "itemknn", "ease", "ials", "playlistknn")
-DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0}, "ease": {"l2": 500.0},
+DEFAULTS = {"pop": {}, "itemknn": {"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "power": 1.0},
+            "ease": {"l2": 500.0},
             "ials": {"dim": 64, "l2": 0.007, "unobserved": 0.3, "epochs": 16},
             "playlistknn": {"neighbours": 300, "alpha": 0.5, "power": 1.0, "idf": 0.0}}
 GRIDS = {"pop": {}, "itemknn": {"neighbours": [20, 50, 100, 200, 300, 500], "shrink": [0.0, 10.0, 100.0, 1000.0]},
@@ -162,26 +163,29 @@ class Popularity(Baseline):
 
 
 class ItemKNN(Baseline):
-    """Item-based kNN (Sarwar et al. 2001; the configuration of Dacrema et al. 2019): the similarity of items i and j
-    is the cosine of their user columns with `shrink` added to the denominator, c_ij / (|i| |j| + shrink); each item
-    keeps its `neighbours` most similar items, and a user's score for item j is the sum of j's similarities to the
-    user's items among those neighbours."""
+    """Item-based kNN (Sarwar et al. 2001; the configuration of Dacrema et al. 2019): the similarity of a held item i
+    to an item j is the cosine of their user columns with `shrink` added to the denominator, c_ij / (|i| |j| + shrink);
+    each item keeps its `neighbours` most similar items, and a user's score for item j is the sum of j's similarities
+    to the user's items among those neighbours. `alpha` and `power` generalise the cosine as Aiolli's Million Song
+    Dataset Challenge recommender did (2013): c_ij / (|U_i|^alpha |U_j|^(1 - alpha) + shrink), each raised to `power`
+    (alpha 0.5 and power 1: the cosine; alpha 1: the conditional probability P(j | i), which favours popular j)."""
 
-    def __init__(self, indptr, items, num_items, neighbours=100, shrink=10.0):
+    def __init__(self, indptr, items, num_items, neighbours=100, shrink=10.0, alpha=0.5, power=1.0):
         super().__init__(indptr, items, num_items)
-        if neighbours < 1 or shrink < 0:
-            raise ValueError(f"item-kNN: neighbours must be at least 1 and shrink not negative, got {neighbours}, "
-                             f"{shrink}")
+        if neighbours < 1 or shrink < 0 or not 0 <= alpha <= 1 or not power > 0:
+            raise ValueError(f"item-kNN: neighbours must be at least 1, shrink not negative, alpha in [0, 1] and power "
+                             f"positive, got {neighbours}, {shrink}, {alpha}, {power}")
         k = min(neighbours, num_items - 1)
-        norms = torch.bincount(items, minlength=num_items).float().sqrt()
+        users = torch.bincount(items, minlength=num_items).float()
+        held_norms, norms = users ** alpha, users ** (1 - alpha)
         neighbour_items = torch.zeros(num_items, k, dtype=torch.int64, device=items.device)
         weights = torch.zeros(num_items, k, device=items.device)
         for begin, counts in cooccurrence_blocks(indptr, items, num_items):
             end = begin + len(counts)
-            similarity = counts.div_(norms[begin:end, None] * norms + shrink + 1e-6)
+            similarity = counts.div_(norms[begin:end, None] * held_norms + shrink + 1e-6)
             similarity[torch.arange(end - begin), torch.arange(begin, end)] = 0.0  # not its own neighbour
             top = similarity.topk(k, dim=1)
-            neighbour_items[begin:end], weights[begin:end] = top.indices, top.values
+            neighbour_items[begin:end], weights[begin:end] = top.indices, top.values ** power
         self.register_buffer("neighbour_items", neighbour_items)  # [items, k]: row j holds j's neighbours
         self.register_buffer("weights", weights)
         # by neighbour i, the flat positions (j * k + slot) of its entries in neighbour_items: W's rows as a CSR
@@ -383,8 +387,8 @@ MODELS = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE, "ials": IALS, "pl
 
 
 def fit(name, data, **params):
-    """The baseline `name` ("pop", "itemknn" or "ease") fitted on the training pairs of `data` (a dataloader.Data),
-    with `params` (itemknn: neighbours, shrink; ease: l2) over DEFAULTS."""
+    """The baseline `name` (one of NAMES) fitted on the training pairs of `data` (a dataloader.Data),
+    with `params` (the keyword arguments of its class in MODELS) over DEFAULTS."""
     if name not in MODELS:
         raise ValueError(f"unknown baseline {name!r}: one of {', '.join(NAMES)}")
     unknown = params.keys() - DEFAULTS[name].keys()

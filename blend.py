@@ -1,10 +1,10 @@
 """Playlist continuation by a method chosen on validation questions (main.py --recipe arena): a playlist's song
-scores are a weighted sum of the model's, item-kNN's, playlist-kNN's and those of the songs its tags and title words
-co-occur with (P(song | feature)), each standardised over the songs; its tags likewise from its title words and
+scores are a weighted sum of the model's, item-kNN's, playlist-kNN's, iALS's and those of the songs its tags and title
+words co-occur with (P(song | feature)), each standardised over the songs; its tags likewise from its title words and
 tags (P(tag | feature)), its songs (P(tag | song)) and its playlist-kNN neighbours' tags. A playlist with no known
 song finds its neighbours by its tags and title words instead. The weights, the neighbour settings and the fold-in
 are a method (a dict, stored in the checkpoint and results.json); METHODS names the others it allows: the model
-alone, each neighbour method alone (no model), most popular.
+alone, each neighbour method and iALS alone (no model), most popular.
 """
 import time
 
@@ -18,31 +18,35 @@ from continuation import CHUNK_ROWS, standardised
 from dataloader import csr_rows, row_ids
 from utils import InputError, Progress
 
-SONG_SCORERS = ("model", "itemknn", "playlistknn", "features")
+SONG_SCORERS = ("model", "itemknn", "playlistknn", "ials", "features")
 TAG_SCORERS = ("title", "songs", "neighbours")
-METHODS = ("blend", "model", "neighbours", "itemknn", "playlistknn", "pop")
+METHODS = ("blend", "model", "neighbours", "itemknn", "playlistknn", "ials", "pop")
 PARTS = ("songs", "no_songs", "tags", "tags_no_title")  # a method's weights: songs of playlists with known songs,
 # of those without, tags of playlists with a title, of those without
 TIE_BREAK = 1e-3  # weight of standardised popularity, so that rows no scorer tells apart still rank
 UNVALIDATED = {  # a method's settings where no run validated one (the recipe starts its search from them)
-    "name": "blend", "songs": {"model": 1.0, "itemknn": 1.0, "playlistknn": 1.0, "features": 0.25},
+    "name": "blend", "songs": {"model": 1.0, "itemknn": 1.0, "playlistknn": 1.0, "ials": 1.0, "features": 0.25},
     "no_songs": {"playlistknn": 1.0, "features": 1.0}, "tags": {"title": 1.0, "songs": 0.0, "neighbours": 0.5},
     "tags_no_title": {"title": 1.0, "songs": 0.0, "neighbours": 1.0},
-    "itemknn": {"neighbours": 100, "shrink": 10.0},
+    "itemknn": {"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "power": 1.0},
     "playlistknn": {"neighbours": 300, "alpha": 0.5, "power": 1.0, "idf": 0.5},
+    "ials": {"dim": 64, "l2": 0.007, "unobserved": 0.3, "epochs": 16},
     "fold_in": {"steps": continuation.FOLD_IN["steps"], "lr": continuation.FOLD_IN["lr"]}}
 
 
 def named_method(method, name):
     """The method `name` (one of METHODS) derived from a validated `method` (its neighbour and fold-in settings):
     "blend" is `method` itself; "model" its model scores alone (the features for a playlist without known songs,
-    tags from its title words and tags: no neighbour scores); "neighbours" the blend without the model; "itemknn"
-    and "playlistknn" that neighbour method alone; "pop" the most popular songs and tags for every playlist."""
+    tags from its title words and tags: no neighbour scores); "neighbours" the blend without the model; "itemknn",
+    "playlistknn" and "ials" that method alone; "pop" the most popular songs and tags for every playlist. Settings
+    `method` lacks (one recorded before a scorer existed) are UNVALIDATED's."""
     if name not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)} (got {name!r})")
+    method = {**{key: value for key, value in UNVALIDATED.items() if key not in ("name", *PARTS)}, **method}
     alone = {"model": ({"model": 1.0}, {"features": 1.0}, {"title": 1.0}),
              "itemknn": ({"itemknn": 1.0}, {"features": 1.0}, {"title": 1.0}),
              "playlistknn": ({"playlistknn": 1.0}, {"playlistknn": 1.0}, {"neighbours": 1.0}),
+             "ials": ({"ials": 1.0}, {"features": 1.0}, {"title": 1.0}),
              "pop": ({}, {}, {})}
     if name == "blend":
         return {**method, "name": "blend"}
@@ -50,6 +54,11 @@ def named_method(method, name):
         return {**method, "name": name, "songs": {**method["songs"], "model": 0.0}}
     songs, no_songs, tags = alone[name]
     return {**method, "name": name, "songs": songs, "no_songs": no_songs, "tags": tags, "tags_no_title": tags}
+
+
+def settings_key(settings):
+    """A neighbour method's settings (a dict) as a key of Scorers' `fitted`."""
+    return tuple(sorted(settings.items()))
 
 
 def needs(method, scorer):
@@ -70,13 +79,15 @@ class Scorers:
         fitted = {} if fitted is None else fitted  # {(name, settings): fitted baseline}, kept between calls
 
         def fit(name, fitter):
-            key = (name, tuple(sorted(method[name if name != "features" else "playlistknn"].items())))
+            key = (name, settings_key(method[name if name != "features" else "playlistknn"]))
             if key not in fitted:
                 fitted[key] = fitter()
             return fitted[key]
 
         self.itemknn = fit("itemknn", lambda: baselines.fit("itemknn", data, **method["itemknn"])) \
             if needs(method, "itemknn") else None
+        self.ials = fit("ials", lambda: baselines.fit("ials", data, **method["ials"])) \
+            if needs(method, "ials") else None
         self.by_songs = self.by_features = None
         if needs(method, "playlistknn") or needs(method, "neighbours"):
             self.by_songs = fit("playlistknn", lambda: baselines.fit("playlistknn", data, **method["playlistknn"]))
@@ -183,6 +194,8 @@ class Prepared:
         indptr, songs = csr_rows(self.indptr, self.songs, rows)
         if s.itemknn is not None and self.used("itemknn"):
             out["itemknn"] = standardised(s.itemknn.history_scores(indptr, songs))
+        if s.ials is not None and self.used("ials"):
+            out["ials"] = standardised(s.ials.history_scores(indptr, songs))
         if self.neighbours is not None and self.used("playlistknn"):
             out["playlistknn"] = standardised(baselines.neighbour_sums(
                 self.neighbours[0][rows], self.neighbours[1][rows], s.by_songs.user_indptr, s.by_songs.user_items,

@@ -2,11 +2,12 @@
 playlists (the Arena's four kinds in its proportions, by arena.py's arena_questions: half a playlist's songs and
 tags hidden, or all of one field), and every setting is chosen on them, never on the questions being scored or
 their answers: the model (size, negatives, epochs: each candidate of MODELS trained on the training pairs less the
-hidden halves, scored alone on the validation questions every EVAL_EVERY epochs), playlist-kNN's settings
-(PLAYLISTKNN_GRID), the weights of the blend of model, item-kNN, playlist-kNN and tag/title songs, and of the tag
-scorers (WEIGHTS, by coordinate ascent), and the fold-in steps (FOLD_IN_STEPS). The chosen model answers the split's
-questions with the chosen method (blend.py), its neighbour scorers fitted on all training pairs; best.pt and
-results.json record the method, and the Arena score when the split has answers.
+hidden halves, scored alone on the validation questions every EVAL_EVERY epochs), the settings of item-kNN,
+playlist-kNN and iALS (ITEMKNN_GRID, PLAYLISTKNN_GRID, IALS_GRID: each alone), the fold-in steps (FOLD_IN_STEPS), and
+the weights of the blend of model, item-kNN, playlist-kNN, iALS and tag/title songs, and of the tag scorers (WEIGHTS,
+by coordinate ascent). The chosen model answers the split's questions with the chosen method (blend.py), its other
+scorers fitted on all training pairs; best.pt and results.json record the method, and the Arena score when the split
+has answers.
 """
 import argparse
 import dataclasses
@@ -36,11 +37,17 @@ EPOCHS = 20
 CHOSEN_FLAGS = ("model", "latent_dim_mf", "num_layers", "num_neg", "lr", "epochs", "patience", "eval", "resume",
                 "pretrain", "pretrain_gmf", "pretrain_mlp", "gpu")  # main.py's flags the recipe sets, or has no use for
 EVAL_EVERY = 2  # epochs between validation scores; training stops after two without a better one
+ITEMKNN_GRID = ({"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "power": 1.0},  # alpha 0.5: the cosine
+                {"neighbours": 300, "shrink": 10.0, "alpha": 0.5, "power": 1.0},
+                {"neighbours": 300, "shrink": 10.0, "alpha": 0.75, "power": 1.0},
+                {"neighbours": 300, "shrink": 10.0, "alpha": 1.0, "power": 1.0})
 PLAYLISTKNN_GRID = ({"neighbours": 100, "alpha": 0.5, "power": 1.0, "idf": 0.0},
                     {"neighbours": 300, "alpha": 0.5, "power": 1.0, "idf": 0.0},
                     {"neighbours": 300, "alpha": 0.5, "power": 1.0, "idf": 0.5},
                     {"neighbours": 300, "alpha": 0.7, "power": 2.0, "idf": 0.5})
-WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+IALS_GRID = ({"dim": 64, "l2": 0.003, "unobserved": 300.0, "epochs": 16},  # unobserved: over the number of songs
+             {"dim": 64, "l2": 0.007, "unobserved": 1000.0, "epochs": 16})
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 FOLD_IN_STEPS = (20, 50, 100)
 START = blend.UNVALIDATED
 
@@ -112,6 +119,16 @@ class Judge:
                                 fitted=self.fitted)
         results, _ = continuation.answer_questions(scorers, self.validation.questions)
         return arena_score(results, self.validation.answers, "validation results")
+
+    def settings(self, method, name, grid):
+        """(the best settings of the neighbour method `name` in `grid` by its validation score alone, each one's
+        score); the others' fitted scorers are let go."""
+        scored = [(self.score(blend.named_method({**method, name: settings}, name))[2], settings) for settings in grid]
+        best = max(scored, key=lambda t: t[0])[1]
+        fitted_by = (name, "features") if name == "playlistknn" else (name,)  # features: playlist-kNN's settings
+        for key in [key for key in self.fitted if key[0] in fitted_by and key[1] != blend.settings_key(best)]:
+            del self.fitted[key]
+        return best, [{**settings, "validation_score": score} for score, settings in scored]
 
     def search(self, method, model, say):
         """`method` with the weights of its scorers chosen by coordinate ascent over WEIGHTS (two passes), each part
@@ -219,11 +236,12 @@ def choose(validation, args, say):
     model = build_model(ModelConfig.of(config), validation.data.num_users, validation.data.num_items)
     model.load_state_dict(state)
     model.eval()
-    knn = [(judge.score(blend.named_method({**START, "playlistknn": p}, "playlistknn"))[2], p)
-           for p in PLAYLISTKNN_GRID]
-    record["playlistknn"] = [{**p, "validation_score": s} for s, p in knn]
-    method = {**START, "playlistknn": max(knn, key=lambda t: t[0])[1]}
-    say(f"playlist-kNN: {method['playlistknn']}")
+    method = dict(START)
+    ials_grid = [{**settings, "unobserved": round(settings["unobserved"] / validation.data.num_items, 6)}
+                 for settings in IALS_GRID]
+    for name, grid in (("itemknn", ITEMKNN_GRID), ("playlistknn", PLAYLISTKNN_GRID), ("ials", ials_grid)):
+        method[name], record[name] = judge.settings(method, name, grid)
+        say(f"{name}: {method[name]}")
     folds = [(judge.score({**blend.named_method(method, "model"), "fold_in": {**method["fold_in"], "steps": s}},
                           model, fold_in_all=True)[2], s) for s in FOLD_IN_STEPS]
     record["fold_in"] = [{"steps": s, "validation_score": v} for v, s in folds]
@@ -232,7 +250,7 @@ def choose(validation, args, say):
         f"{score:.4f} trained)")
     method = judge.search(method, model, say)
     record["methods"] = {name: dict(zip(("song", "tag", "score"), judge.score(blend.named_method(method, name), model)))
-                         for name in ("blend", "model", "neighbours", "itemknn", "playlistknn")}
+                         for name in ("blend", "model", "neighbours", "itemknn", "playlistknn", "ials")}
     say("validation: " + ", ".join(f"{name} {r['score']:.4f}" for name, r in record["methods"].items()))
     return method, config, state, record
 

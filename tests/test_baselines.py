@@ -8,7 +8,6 @@ import torch
 
 import baselines
 import dataloader
-from conftest import write_split
 from scoring import evaluate, evaluate_full
 
 
@@ -41,15 +40,17 @@ def reference_scores(name, data, **params):
         similarity.fill_diagonal_(0.0)  # never its own neighbour
         top = similarity.topk(params["neighbours"], dim=1)
         return torch.zeros_like(similarity).scatter_(1, top.indices, top.values ** params["power"]) @ x
-    norms = x.sum(0).sqrt()
-    similarity = gram / (norms[:, None] * norms[None, :] + params["shrink"] + 1e-6)
+    users, alpha = x.sum(0), params.get("alpha", 0.5)  # similarity[i, j]: of a held item i to the scored item j
+    similarity = gram / (users[:, None] ** alpha * users[None, :] ** (1 - alpha) + params["shrink"] + 1e-6)
     similarity.fill_diagonal_(0.0)
-    top = similarity.topk(params["neighbours"], dim=0)  # column j: j's neighbours
-    weights = torch.zeros_like(similarity).scatter_(0, top.indices, top.values)
+    top = similarity.topk(min(params["neighbours"], data.num_items - 1), dim=0)  # column j: j's neighbours
+    weights = torch.zeros_like(similarity).scatter_(0, top.indices, top.values ** params.get("power", 1.0))
     return x @ weights
 
 
 @pytest.mark.parametrize("name,params", [("pop", {}), ("itemknn", {"neighbours": 20, "shrink": 5.0}),
+                                         ("itemknn", {"neighbours": 10_000, "shrink": 5.0, "alpha": 1.0, "power": 2.0}),
+                                         ("itemknn", {"neighbours": 10_000, "shrink": 0.0, "alpha": 0.8, "power": 0.5}),
                                          ("ease", {"l2": 30.0}),
                                          ("playlistknn", {"neighbours": 20, "alpha": 0.7, "power": 2.0, "idf": 0.5})])
 def test_scores_match_a_dense_reference_on_both_paths(data, name, params):

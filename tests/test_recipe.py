@@ -19,7 +19,9 @@ from tests.test_continuation import load, run_evaluate
 
 
 SMALL = {"MODELS": ({"model": "mf", "latent_dim_mf": 8, "num_neg": 4, "lr": 0.01},), "EPOCHS": 2, "EVAL_EVERY": 1,
-         "PLAYLISTKNN_GRID": recipe.PLAYLISTKNN_GRID[:2], "FOLD_IN_STEPS": (5, 20), "WEIGHTS": (0.0, 1.0)}
+         "ITEMKNN_GRID": recipe.ITEMKNN_GRID[::3], "PLAYLISTKNN_GRID": recipe.PLAYLISTKNN_GRID[:2],
+         "IALS_GRID": tuple({**settings, "epochs": 4} for settings in recipe.IALS_GRID),
+         "FOLD_IN_STEPS": (5, 20), "WEIGHTS": (0.0, 1.0)}
 
 
 def arena_split(root):
@@ -52,7 +54,13 @@ def test_the_chosen_method_is_recorded_and_answers_by_default(recipe_run, tmp_pa
     method = checkpoint["continuation"]
     assert method == results["continuation"] and method["name"] == "blend"
     assert results["choices"]["model"]["epochs"] == checkpoint["epoch"]
-    assert set(results["choices"]["methods"]) == {"blend", "model", "neighbours", "itemknn", "playlistknn"}
+    assert set(results["choices"]["methods"]) == {"blend", "model", "neighbours", "itemknn", "playlistknn", "ials"}
+    for name, grid in (("itemknn", SMALL["ITEMKNN_GRID"]), ("playlistknn", SMALL["PLAYLISTKNN_GRID"]),
+                       ("ials", SMALL["IALS_GRID"])):  # each neighbour method's settings: its best alone
+        tried = results["choices"][name]
+        assert len(tried) == len(grid) and len({t["validation_score"] for t in tried}) == len(grid)
+        best = max(tried, key=lambda t: t["validation_score"])
+        assert method[name] == {key: value for key, value in best.items() if key != "validation_score"}
     questions = load(data_dir / "ar.questions.json")
     submitted = load(run / "submission.json")
     assert [r["id"] for r in submitted] == [q["id"] for q in questions]
@@ -68,6 +76,10 @@ def test_the_chosen_method_is_recorded_and_answers_by_default(recipe_run, tmp_pa
                                 data_dir / "ar.questions.json", "--out", tmp_path / "model.json", "--method", "model")
     assert code == 0 and out.startswith("method: model (--method, with the validated settings): songs model 1;")
     assert load(tmp_path / "model.json") != submitted
+    code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", run / "best.pt", "--continue",
+                                data_dir / "ar.questions.json", "--out", tmp_path / "ials.json", "--method", "ials")
+    assert code == 0 and out.startswith("method: ials (--method, with the validated settings): songs ials 1;")
+    assert load(tmp_path / "ials.json") not in (submitted, load(tmp_path / "model.json"))
     code, _, err = run_evaluate(monkeypatch, capsys, "--checkpoint", run / "best.pt", "--method", "model")
     assert code == 2 and "--method goes with --continue or --playlist" in err
 
@@ -147,3 +159,17 @@ def test_a_split_without_questions_is_refused(tmp_path):
     with pytest.raises(InputError, match="no Arena questions"):
         main.main(["--recipe", "arena", "--data_dir", str(root / "data"), "--dataset", "plain",
                    "--save_dir", str(root / "run")])
+
+
+def test_a_method_recorded_before_ials_answers_by_ials_with_its_defaults(recipe_run, tmp_path, monkeypatch, capsys):
+    data_dir, run = recipe_run
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    del checkpoint["continuation"]["ials"], checkpoint["continuation"]["songs"]["ials"]
+    torch.save(checkpoint, tmp_path / "old.pt")
+    code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", tmp_path / "old.pt", "--continue",
+                                data_dir / "ar.questions.json", "--out", tmp_path / "old.json")
+    assert code == 0 and "ials" not in out.splitlines()[0]
+    code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", tmp_path / "old.pt", "--continue",
+                                data_dir / "ar.questions.json", "--out", tmp_path / "ials.json", "--method", "ials")
+    assert code == 0 and out.startswith("method: ials") and len(load(tmp_path / "ials.json")) == len(load(
+        data_dir / "ar.questions.json"))
