@@ -21,11 +21,14 @@ from utils import InputError, Progress
 SONG_SCORERS = ("model", "itemknn", "playlistknn", "ials", "features")
 TAG_SCORERS = ("title", "songs", "neighbours")
 METHODS = ("blend", "model", "neighbours", "itemknn", "playlistknn", "ials", "pop")
-PARTS = ("songs", "no_songs", "tags", "tags_no_title")  # a method's weights: songs of playlists with known songs,
-# of those without, tags of playlists with a title, of those without
+FEW_SONGS, MANY_SONGS = 3, 10  # known songs: up to FEW_SONGS a playlist's songs are "few_songs", over MANY_SONGS "many"
+SONG_PARTS = ("songs", "few_songs", "many_songs", "no_songs")  # a method's weights for songs: of playlists with
+# FEW_SONGS to MANY_SONGS known songs, fewer, more, none
+PARTS = SONG_PARTS + ("tags", "tags_no_title")  # and for tags: of playlists with a title, of those without
 TIE_BREAK = 1e-3  # weight of standardised popularity, so that rows no scorer tells apart still rank
 UNVALIDATED = {  # a method's settings where no run validated one (the recipe starts its search from them)
-    "name": "blend", "songs": {"model": 1.0, "itemknn": 1.0, "playlistknn": 1.0, "ials": 1.0, "features": 0.25},
+    "name": "blend", **{part: {"model": 1.0, "itemknn": 1.0, "playlistknn": 1.0, "ials": 1.0, "features": 0.25}
+                        for part in SONG_PARTS[:3]},
     "no_songs": {"playlistknn": 1.0, "features": 1.0}, "tags": {"title": 1.0, "songs": 0.0, "neighbours": 0.5},
     "tags_no_title": {"title": 1.0, "songs": 0.0, "neighbours": 1.0},
     "itemknn": {"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "power": 1.0},
@@ -39,10 +42,12 @@ def named_method(method, name):
     "blend" is `method` itself; "model" its model scores alone (the features for a playlist without known songs,
     tags from its title words and tags: no neighbour scores); "neighbours" the blend without the model; "itemknn",
     "playlistknn" and "ials" that method alone; "pop" the most popular songs and tags for every playlist. Settings
-    `method` lacks (one recorded before a scorer existed) are UNVALIDATED's."""
+    `method` lacks (one recorded before a scorer or part existed) are UNVALIDATED's, and its "songs" weights serve
+    playlists with few and with many known songs alike."""
     if name not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)} (got {name!r})")
-    method = {**{key: value for key, value in UNVALIDATED.items() if key not in ("name", *PARTS)}, **method}
+    method = {**{key: value for key, value in UNVALIDATED.items() if key not in ("name", *PARTS)},
+              **{part: method["songs"] for part in SONG_PARTS[1:3]}, **method}
     alone = {"model": ({"model": 1.0}, {"features": 1.0}, {"title": 1.0}),
              "itemknn": ({"itemknn": 1.0}, {"features": 1.0}, {"title": 1.0}),
              "playlistknn": ({"playlistknn": 1.0}, {"playlistknn": 1.0}, {"neighbours": 1.0}),
@@ -51,9 +56,10 @@ def named_method(method, name):
     if name == "blend":
         return {**method, "name": "blend"}
     if name == "neighbours":
-        return {**method, "name": name, "songs": {**method["songs"], "model": 0.0}}
+        return {**method, "name": name, **{part: {**method[part], "model": 0.0} for part in SONG_PARTS[:3]}}
     songs, no_songs, tags = alone[name]
-    return {**method, "name": name, "songs": songs, "no_songs": no_songs, "tags": tags, "tags_no_title": tags}
+    return {**method, "name": name, **{part: songs for part in SONG_PARTS[:3]}, "no_songs": no_songs, "tags": tags,
+            "tags_no_title": tags}
 
 
 def settings_key(settings):
@@ -151,7 +157,10 @@ class Prepared:
         self.indptr, self.songs, self.unknown = scorers.base.known_songs(playlists)
         self.users = torch.tensor(scorers.base.user_index.get_indexer([p["id"] for p in playlists]),
                                   dtype=torch.int64)
-        self.has_songs = self.indptr.diff() > 0
+        known = self.indptr.diff()
+        self.has_songs = known > 0
+        self.song_part = torch.where(known == 0, 3, torch.where(known <= FEW_SONGS, 1, torch.where(
+            known > MANY_SONGS, 2, 0)))  # each playlist's index in SONG_PARTS
         self.has_title = torch.tensor([bool(continuation.title_words(p["plylst_title"])) for p in playlists],
                                       dtype=torch.bool)
         self.features = scorers.vocabulary.features([p["tags"] for p in playlists],
@@ -250,9 +259,15 @@ def top_songs(prepared, rows, method, song_scores=None, k=ARENA_SONGS):
     `song_scores`: the scorers' scores of these rows when already computed."""
     s = prepared.scorers
     song_scores = prepared.song_scores(rows) if song_scores is None else song_scores
-    songs = torch.where(prepared.has_songs[rows][:, None],
-                        blended(song_scores, method["songs"], s.song_popularity, len(rows)),
-                        blended(song_scores, method["no_songs"], s.song_popularity, len(rows)))
+    parts = prepared.song_part[rows]
+    songs = torch.empty(len(rows), s.data.num_items)
+    for index, part in enumerate(SONG_PARTS):
+        inside = (parts == index).nonzero().squeeze(1)
+        if len(inside) == len(rows):
+            songs = blended(song_scores, method[part], s.song_popularity, len(rows))
+        elif len(inside):
+            songs[inside] = blended({name: scores[inside] for name, scores in song_scores.items()}, method[part],
+                                    s.song_popularity, len(inside))
     top = songs.masked_fill_(prepared.own(rows)[0], float("-inf")).topk(k, dim=1)
     return top.indices, top.values
 

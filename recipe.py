@@ -44,7 +44,8 @@ ITEMKNN_GRID = ({"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "power": 1.0},
 PLAYLISTKNN_GRID = ({"neighbours": 100, "alpha": 0.5, "power": 1.0, "idf": 0.0},
                     {"neighbours": 300, "alpha": 0.5, "power": 1.0, "idf": 0.0},
                     {"neighbours": 300, "alpha": 0.5, "power": 1.0, "idf": 0.5},
-                    {"neighbours": 300, "alpha": 0.7, "power": 2.0, "idf": 0.5})
+                    {"neighbours": 300, "alpha": 0.7, "power": 2.0, "idf": 0.5},
+                    {"neighbours": 1000, "alpha": 0.5, "power": 1.0, "idf": 0.5})
 IALS_GRID = ({"dim": 64, "l2": 0.003, "unobserved": 300.0, "epochs": 16},  # unobserved: over the number of songs
              {"dim": 64, "l2": 0.007, "unobserved": 1000.0, "epochs": 16})
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -132,41 +133,43 @@ class Judge:
 
     def search(self, method, model, say):
         """`method` with the weights of its scorers chosen by coordinate ascent over WEIGHTS (two passes), each part
-        (blend.PARTS) on its own nDCG: songs over the questions with known songs, and without; tags over the
-        questions with a title, and over the same questions with their titles removed."""
+        (blend.PARTS) on its own nDCG: songs over the questions of that part (by their known songs); tags over the
+        questions with a title, and over all of them with their titles removed."""
         scorers = blend.Scorers(self.validation.data, self.validation.vocabulary, method, model, fitted=self.fitted)
         questions = self.validation.questions
         prepared = scorers.prepare(questions, every=True)
         untitled = scorers.prepare([{**q, "plylst_title": ""} for q in questions], every=True)
-        rows = torch.arange(len(questions))
-        song_scores = prepared.song_scores(rows)
-        tag_scores = {"tags": prepared.tag_scores(rows), "tags_no_title": untitled.tag_scores(rows)}
-        has_songs, has_title = prepared.has_songs.numpy(), prepared.has_title.numpy()
+        rows = {part: (prepared.song_part == index).nonzero().squeeze(1) for index, part in enumerate(blend.SONG_PARTS)}
+        rows["tags"], rows["tags_no_title"] = prepared.has_title.nonzero().squeeze(1), torch.arange(len(questions))
+        parts = [part for part in blend.PARTS if len(rows[part])]  # a part no question falls in keeps its weights
+        scores = {part: prepared.song_scores(rows[part]) for part in blend.SONG_PARTS if part in parts}
+        scores["tags"] = prepared.tag_scores(rows["tags"])
+        scores["tags_no_title"] = untitled.tag_scores(rows["tags_no_title"])
 
         def value(part, trial):
-            if part in ("songs", "no_songs"):
-                top, _ = blend.top_songs(prepared, rows, trial, song_scores)
-                return self.ndcg(scorers, top, "songs", has_songs if part == "songs" else ~has_songs)
+            if part in blend.SONG_PARTS:
+                top, _ = blend.top_songs(prepared, rows[part], trial, scores[part])
+                return self.ndcg(scorers, top, "songs", rows[part])
             which = prepared if part == "tags" else untitled
-            return self.ndcg(scorers, blend.top_tags(which, rows, trial, tag_scores[part]), "tags",
-                             has_title if part == "tags" else None)
+            return self.ndcg(scorers, blend.top_tags(which, rows[part], trial, scores[part]), "tags", rows[part])
 
         method = {**method, **{part: dict(method[part]) for part in blend.PARTS}}
         for _ in range(2):
-            for part in blend.PARTS:
+            for part in parts:
                 for scorer in method[part]:
                     method[part][scorer] = max(WEIGHTS, key=lambda weight: value(
                         part, {**method, part: {**method[part], scorer: weight}}))
             say("  weights: " + "; ".join(f"{part} {method[part]}" for part in blend.PARTS))
         return method
 
-    def ndcg(self, scorers, top, field, mask):
-        """Mean nDCG of the top lists against the answers' `field`, over the rows in `mask` (all: None)."""
+    def ndcg(self, scorers, top, field, rows):
+        """Mean nDCG of the top lists [len(rows), k] of the questions `rows` against their answers' `field` (0 for
+        no rows)."""
         names = np.asarray(scorers.base.song_index if field == "songs" else scorers.vocabulary.tags, dtype=object)
         recommended = names[top.numpy()].tolist()
-        truths = [answer[field] for answer in self.validation.answers]
-        values = list_ndcg(recommended, truths, ARENA_SONGS if field == "songs" else ARENA_TAGS)
-        return float(values.mean() if mask is None else values[mask].mean() if mask.any() else 0.0)
+        truths = [self.validation.answers[row][field] for row in rows.tolist()]
+        return float(list_ndcg(recommended, truths, ARENA_SONGS if field == "songs" else ARENA_TAGS).mean()) \
+            if len(truths) else 0.0
 
 
 class Training:

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+import blend
 import continuation
 import dataloader
 import main
@@ -161,14 +162,18 @@ def test_a_split_without_questions_is_refused(tmp_path):
                    "--save_dir", str(root / "run")])
 
 
-def test_a_method_recorded_before_ials_answers_by_ials_with_its_defaults(recipe_run, tmp_path, monkeypatch, capsys):
+def test_a_method_recorded_before_ials_and_the_song_parts_still_answers(recipe_run, tmp_path, monkeypatch, capsys):
+    """Its "songs" weights serve every playlist with known songs; --method ials takes iALS's default settings."""
     data_dir, run = recipe_run
     checkpoint = torch.load(run / "best.pt", weights_only=True)
-    del checkpoint["continuation"]["ials"], checkpoint["continuation"]["songs"]["ials"]
+    method = checkpoint["continuation"]
+    del method["ials"], method["songs"]["ials"], method["few_songs"], method["many_songs"]
     torch.save(checkpoint, tmp_path / "old.pt")
     code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", tmp_path / "old.pt", "--continue",
                                 data_dir / "ar.questions.json", "--out", tmp_path / "old.json")
     assert code == 0 and "ials" not in out.splitlines()[0]
+    old = blend.named_method(method, "blend")
+    assert old["few_songs"] == old["many_songs"] == method["songs"]
     code, out, _ = run_evaluate(monkeypatch, capsys, "--checkpoint", tmp_path / "old.pt", "--continue",
                                 data_dir / "ar.questions.json", "--out", tmp_path / "ials.json", "--method", "ials")
     assert code == 0 and out.startswith("method: ials") and len(load(tmp_path / "ials.json")) == len(load(
