@@ -2,9 +2,10 @@
 scores are a weighted sum of the model's, item-kNN's, playlist-kNN's, iALS's and those of the songs its tags and title
 words co-occur with (P(song | feature)), each standardised over the songs; its tags likewise from its title words and
 tags (P(tag | feature)), its songs (P(tag | song)) and its playlist-kNN neighbours' tags. A playlist with no known
-song finds its neighbours by its tags and title words instead. The weights, the neighbour settings and the fold-in
-are a method (a dict, stored in the checkpoint and results.json); METHODS names the others it allows: the model
-alone, each neighbour method and iALS alone (no model), most popular.
+song finds its neighbours by its tags and title words instead. The weights (one set for playlists with 1-3 known
+songs, 4-10, more, none; one for tags with and without a title), the neighbour settings and the fold-in are a method
+(a dict, stored in the checkpoint and results.json); METHODS names the others it allows: the model alone, each
+neighbour method and iALS alone (no model), most popular.
 """
 import time
 

@@ -151,17 +151,21 @@ ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULT
     "arena-melon-itemknn": arena("melon", "evaluate.py --baseline itemknn {arena} {questions}",
                                  "0.2953 / 0.5908 / 0.3396"),
     **{f"arena-{scale}-recipe": arena(scale, "main.py --recipe arena {arena}", figure)
-       for scale, figure in (("sample", "0.2226 / 0.6015 / 0.2795"), ("melon", "0.3307 / 0.5911 / 0.3698"))},
+       for scale, figure in (("sample", "0.2250 / 0.6007 / 0.2813"), ("melon", "0.3356 / 0.5899 / 0.3737"))},
     **{f"arena-{scale}-recipe-{method}": arena(  # the recipe, then its checkpoint answering by one method alone
         scale, "main.py --recipe arena {arena}", figure,
         then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/" + method + ".json --method "
              + method)
        for scale, method, figure in (("sample", "model", "0.2148 / 0.6003 / 0.2727"),
-                                     ("sample", "neighbours", "0.2208 / 0.6015 / 0.2779"),
+                                     ("sample", "neighbours", "0.2243 / 0.6007 / 0.2808"),
                                      ("sample", "playlistknn", "0.2142 / 0.5508 / 0.2647"),
+                                     ("sample", "itemknn", "0.2204 / 0.6003 / 0.2774"),
+                                     ("sample", "ials", "0.2210 / 0.6003 / 0.2779"),
                                      ("melon", "model", "0.2961 / 0.5908 / 0.3403"),
-                                     ("melon", "neighbours", "0.3302 / 0.5911 / 0.3693"),
-                                     ("melon", "playlistknn", "0.3244 / 0.5560 / 0.3592"))},
+                                     ("melon", "neighbours", "0.3356 / 0.5899 / 0.3737"),
+                                     ("melon", "playlistknn", "0.3307 / 0.5420 / 0.3624"),
+                                     ("melon", "itemknn", "0.3335 / 0.5908 / 0.3721"),
+                                     ("melon", "ials", "0.2874 / 0.5908 / 0.3329"))},
     **{f"arena-{scale}-recipe-foldin-all": arena(  # every question folded into the recipe's model
         scale, "main.py --recipe arena {arena}", figure,
         then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/folded.json --method model "
@@ -169,7 +173,7 @@ ARENA_EXPERIMENTS = {  # figures: song nDCG@100 / tag nDCG@10 / score, in RESULT
        for scale, figure in (("sample", "0.1987 / 0.6003 / 0.2590"), ("melon", "0.2849 / 0.5908 / 0.3308"))},
     "arena-seed11-itemknn": arena("seed11", "evaluate.py --baseline itemknn {arena} {questions}",
                                   "0.2146 / 0.5513 / 0.2651"),
-    "arena-seed11-recipe": arena("seed11", "main.py --recipe arena {arena}", "0.2186 / 0.5669 / 0.2708"),
+    "arena-seed11-recipe": arena("seed11", "main.py --recipe arena {arena}", "0.2196 / 0.5616 / 0.2709"),
     "arena-seed11-recipe-playlistknn": arena(
         "seed11", "main.py --recipe arena {arena}", "0.2113 / 0.5388 / 0.2605",
         then="evaluate.py --checkpoint {save_dir}/best.pt {questions} --out {save_dir}/playlistknn.json --method "
