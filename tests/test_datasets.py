@@ -42,7 +42,7 @@ def serve():
 
     def start(directory, handler=Handler):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=directory))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()  # poll: shutdown waits one
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/"
 
