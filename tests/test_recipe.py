@@ -178,3 +178,16 @@ def test_a_method_recorded_before_ials_and_the_song_parts_still_answers(recipe_r
                                 data_dir / "ar.questions.json", "--out", tmp_path / "ials.json", "--method", "ials")
     assert code == 0 and out.startswith("method: ials") and len(load(tmp_path / "ials.json")) == len(load(
         data_dir / "ar.questions.json"))
+
+
+def test_a_song_part_no_validation_question_falls_in_keeps_its_starting_weights(recipe_run, monkeypatch):
+    data_dir, _ = recipe_run
+    data = dataloader.load(str(data_dir), "ar")
+    validation = recipe.carve(data, *continuation.split_tags(data, str(data_dir)))
+    monkeypatch.setattr(recipe, "WEIGHTS", (0.0, 2.0))
+    monkeypatch.setattr(blend, "MANY_SONGS", 10_000)  # no playlist has more known songs than that
+    start = {**recipe.START, **{part: {scorer: weight for scorer, weight in recipe.START[part].items()
+                                       if scorer != "model"} for part in blend.SONG_PARTS}}  # no model to train
+    found = recipe.Judge(validation).search(start, None, lambda line: None)
+    assert found["many_songs"] == start["many_songs"]
+    assert found["songs"] != start["songs"] and set(found["songs"].values()) <= {0.0, 2.0}
