@@ -23,13 +23,14 @@ SONG_SCORERS = ("model", "itemknn", "playlistknn", "ials", "features")
 TAG_SCORERS = ("title", "songs", "neighbours")
 METHODS = ("blend", "model", "neighbours", "itemknn", "playlistknn", "ials", "pop")
 FEW_SONGS, MANY_SONGS = 3, 10  # known songs: up to FEW_SONGS a playlist's songs are "few_songs", over MANY_SONGS "many"
-SONG_PARTS = ("songs", "few_songs", "many_songs", "no_songs")  # a method's weights for songs: of playlists with
-# FEW_SONGS to MANY_SONGS known songs, fewer, more, none
+KNOWN_SONGS_PARTS = ("songs", "few_songs", "many_songs")  # a method's weights for songs: of playlists with
+# FEW_SONGS to MANY_SONGS known songs, fewer, more
+SONG_PARTS = KNOWN_SONGS_PARTS + ("no_songs",)  # and of those with none
 PARTS = SONG_PARTS + ("tags", "tags_no_title")  # and for tags: of playlists with a title, of those without
 TIE_BREAK = 1e-3  # weight of standardised popularity, so that rows no scorer tells apart still rank
 UNVALIDATED = {  # a method's settings where no run validated one (the recipe starts its search from them)
     "name": "blend", **{part: {"model": 1.0, "itemknn": 1.0, "playlistknn": 1.0, "ials": 1.0, "features": 0.25}
-                        for part in SONG_PARTS[:3]},
+                        for part in KNOWN_SONGS_PARTS},
     "no_songs": {"playlistknn": 1.0, "features": 1.0}, "tags": {"title": 1.0, "songs": 0.0, "neighbours": 0.5},
     "tags_no_title": {"title": 1.0, "songs": 0.0, "neighbours": 1.0},
     "itemknn": {"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "power": 1.0},
@@ -48,7 +49,7 @@ def named_method(method, name):
     if name not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)} (got {name!r})")
     method = {**{key: value for key, value in UNVALIDATED.items() if key not in ("name", *PARTS)},
-              **{part: method["songs"] for part in SONG_PARTS[1:3]}, **method}
+              **{part: method["songs"] for part in KNOWN_SONGS_PARTS}, **method}
     alone = {"model": ({"model": 1.0}, {"features": 1.0}, {"title": 1.0}),
              "itemknn": ({"itemknn": 1.0}, {"features": 1.0}, {"title": 1.0}),
              "playlistknn": ({"playlistknn": 1.0}, {"playlistknn": 1.0}, {"neighbours": 1.0}),
@@ -57,9 +58,9 @@ def named_method(method, name):
     if name == "blend":
         return {**method, "name": "blend"}
     if name == "neighbours":
-        return {**method, "name": name, **{part: {**method[part], "model": 0.0} for part in SONG_PARTS[:3]}}
+        return {**method, "name": name, **{part: {**method[part], "model": 0.0} for part in KNOWN_SONGS_PARTS}}
     songs, no_songs, tags = alone[name]
-    return {**method, "name": name, **{part: songs for part in SONG_PARTS[:3]}, "no_songs": no_songs, "tags": tags,
+    return {**method, "name": name, **{part: songs for part in KNOWN_SONGS_PARTS}, "no_songs": no_songs, "tags": tags,
             "tags_no_title": tags}
 
 

@@ -163,13 +163,12 @@ class Judge:
         return method
 
     def ndcg(self, scorers, top, field, rows):
-        """Mean nDCG of the top lists [len(rows), k] of the questions `rows` against their answers' `field` (0 for
-        no rows)."""
+        """Mean nDCG of the top lists [len(rows), k] of the questions `rows` (at least one) against their answers'
+        `field`."""
         names = np.asarray(scorers.base.song_index if field == "songs" else scorers.vocabulary.tags, dtype=object)
         recommended = names[top.numpy()].tolist()
         truths = [self.validation.answers[row][field] for row in rows.tolist()]
-        return float(list_ndcg(recommended, truths, ARENA_SONGS if field == "songs" else ARENA_TAGS).mean()) \
-            if len(truths) else 0.0
+        return float(list_ndcg(recommended, truths, ARENA_SONGS if field == "songs" else ARENA_TAGS).mean())
 
 
 class Training:
